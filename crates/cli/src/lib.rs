@@ -1,0 +1,23 @@
+//! pgtide: move a live PostgreSQL database to a new server.
+//!
+//! # Layout
+//! - [`plan`]: table selection, COPY format and chunking, decided from the schema model alone.
+//! - [`fullload`]: the full load's phases: check, prepare, copy with per-table DDL, finish.
+//! - [`scheduler`]: the work queue shared by the load's workers.
+//! - [`progress`] and [`report`]: what the operator sees while it runs and at the end.
+//! - [`verify`]: a whole-database comparison (tables, sequences, schema objects).
+//! - [`demo`] and [`demo_data`]: `pgtide demo` on throwaway servers.
+//! - [`logging`]: log lines (text or JSON) routed around the progress bars.
+//!
+//! The domain types live in `pgtide-core`, everything that speaks to PostgreSQL in
+//! `pgtide-postgres`; this crate is orchestration and presentation.
+
+pub mod demo;
+pub mod demo_data;
+pub mod fullload;
+pub mod logging;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod scheduler;
+pub mod verify;

@@ -1,0 +1,156 @@
+//! The `pgtide` command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pgtide::demo::{self, DemoOptions};
+use pgtide::fullload::{self, RunOptions};
+use pgtide::logging::{self, LogFormat};
+use pgtide::progress::{Display, DisplayMode, Progress};
+use pgtide_core::task::Task;
+use pgtide_core::{Error, ErrorKind};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Move a live PostgreSQL database to a new server with minutes of downtime.
+#[derive(Debug, Parser)]
+#[command(name = "pgtide", version, about, long_about = None)]
+struct Cli {
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+    /// Progress display: bars on a terminal, log lines otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bars,
+    Lines,
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the task described by a task file (full load).
+    Run {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Discard the progress of an unfinished earlier run of this task and start over.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Start two throwaway servers, build a sample database, load it, verify it, stop them.
+    Demo {
+        /// Data multiplier; 1 is about 400,000 rows.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        scale: u32,
+        /// Load workers.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+    },
+}
+
+fn display_mode(p: ProgressArg) -> DisplayMode {
+    match p {
+        ProgressArg::Auto => DisplayMode::detect(),
+        ProgressArg::Bars => DisplayMode::Bars,
+        ProgressArg::Lines => DisplayMode::Lines(10),
+        ProgressArg::None => DisplayMode::Quiet,
+    }
+}
+
+async fn interrupted() -> Error {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    Error::new(ErrorKind::Interrupted, "interrupted")
+        .with_hint("work that committed is kept; run the same command again to resume")
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let display = display_mode(cli.progress);
+    match cli.command {
+        Command::Run { task, restart } => {
+            let task = Task::load(&task)?;
+            let progress = Arc::new(Progress::new());
+            let shown = Display::start(progress.clone(), display);
+            let options = RunOptions { restart };
+            let result = tokio::select! {
+                r = fullload::run(&task, &options, progress) => r,
+                e = interrupted() => Err(e),
+            };
+            shown.finish().await;
+            let report = result?;
+            print!("{}", report.render());
+            Ok(())
+        }
+        Command::Demo { scale, threads } => {
+            let opts = DemoOptions {
+                scale,
+                threads: threads as usize,
+                display,
+            };
+            tokio::select! {
+                r = demo::run(&opts) => r.map(|_| ()),
+                e = interrupted() => Err(e),
+            }
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let verbosity = if cli.quiet { -1 } else { cli.verbose as i8 };
+    logging::init(
+        match cli.log_format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        },
+        verbosity,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Err(e) = result {
+        eprintln!("error: {}", e.report());
+        std::process::exit(e.kind().exit_code());
+    }
+}

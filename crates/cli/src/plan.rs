@@ -1,0 +1,558 @@
+//! Planning the full load: which tables move, in which COPY format, split how.
+//!
+//! Planning reads only the schema model and the task; it touches no server, so every
+//! selection mistake (a pattern that matches nothing, large objects that would be left behind)
+//! is reported before anything is written anywhere.
+//!
+//! # Selection and partitions
+//!
+//! Patterns select ordinary tables and partition roots by their own names. A partition follows
+//! its parent (selecting `public.payment` moves all of its partitions' rows) unless an exclude
+//! pattern names the partition itself. Inheritance children are tables in their own right and
+//! are matched by their own names; each table is copied with `ONLY` semantics, so no row is read
+//! twice through a parent.
+//!
+//! # Splitting
+//!
+//! A table whose heap is larger than `split_threshold` is cut into at least `threads` chunks so
+//! that one huge table keeps every worker busy. From PostgreSQL 14 the cut is by block ranges
+//! (`ctid >= '(a,0)' AND ctid < '(b,0)'`, which a TID range scan reads without touching the rest
+//! of the table); before 14, by ranges of a single-column integer primary key; otherwise the
+//! table is copied whole, and the plan says so. The last chunk is open-ended, so rows in blocks
+//! added after planning (a resumed load) are not missed.
+
+use pgtide_core::ident::QualifiedName;
+use pgtide_core::schema::{Schema, Table, TypeKind};
+use pgtide_core::task::{CopyFormat, LargeObjects, Task};
+use pgtide_core::{Error, ErrorKind, Result};
+use pgtide_postgres::copy_stream::WireFormat;
+use pgtide_postgres::schema_copy::DumpFilter;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Most chunks one table is cut into.
+pub const MAX_CHUNKS: u64 = 1024;
+
+/// How a table is cut into chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Split {
+    /// One chunk: the whole table.
+    None,
+    /// Block ranges of the heap.
+    Ctid,
+    /// Ranges of an integer key column.
+    Key(String),
+}
+
+impl Split {
+    /// Stored spelling: `none`, `ctid`, `key:<column>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Split::None => "none".into(),
+            Split::Ctid => "ctid".into(),
+            Split::Key(c) => format!("key:{c}"),
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn decode(s: &str) -> Self {
+        match s {
+            "ctid" => Split::Ctid,
+            s if s.starts_with("key:") => Split::Key(s[4..].to_string()),
+            _ => Split::None,
+        }
+    }
+}
+
+/// One chunk's range; `None` bounds are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    /// Inclusive start.
+    pub start: Option<i64>,
+    /// Exclusive end.
+    pub end: Option<i64>,
+}
+
+/// A table that has rows to copy.
+#[derive(Debug, Clone)]
+pub struct PlannedTable {
+    /// Source OID.
+    pub oid: u32,
+    /// Source name.
+    pub source: QualifiedName,
+    /// Target name.
+    pub target: QualifiedName,
+    /// Columns copied, in order (stored generated columns are left to the target).
+    pub columns: Vec<String>,
+    /// COPY format.
+    pub format: WireFormat,
+    /// Why text was chosen, when it was.
+    pub text_reason: Option<String>,
+    /// How it is split.
+    pub split: Split,
+    /// Chunk ranges.
+    pub chunks: Vec<ChunkRange>,
+    /// Heap + TOAST bytes on the source (for ordering and progress).
+    pub bytes: u64,
+    /// Estimated rows (for progress).
+    pub estimated_rows: u64,
+}
+
+/// The selected tables and what goes with them.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Tables with storage, largest first.
+    pub tables: Vec<PlannedTable>,
+    /// Every selected table, including partitioned roots (no storage).
+    pub selected: HashSet<u32>,
+    /// What `pg_dump` leaves out.
+    pub dump_filter: DumpFilter,
+    /// Things the operator should know; printed at start and in the report.
+    pub warnings: Vec<String>,
+    /// Sequences whose values are carried over (owned by selected tables, or standalone in a
+    /// schema in scope).
+    pub sequences: Vec<QualifiedName>,
+    /// Materialized views populated on the source, in dependency order (refreshed at the end).
+    pub materialized_views: Vec<QualifiedName>,
+}
+
+/// Decide the COPY format of a table.
+pub fn choose_format(
+    schema: &Schema,
+    table: &Table,
+    policy: CopyFormat,
+) -> (WireFormat, Option<String>) {
+    if policy == CopyFormat::Text {
+        return (WireFormat::Text, Some("copy_format: text".into()));
+    }
+    for c in table.copy_columns() {
+        if let Some(why) = schema.binary_copy_obstacle(c.type_oid) {
+            return (WireFormat::Text, Some(format!("column {}: {why}", c.name)));
+        }
+    }
+    (WireFormat::Binary, None)
+}
+
+fn is_integer_type(schema: &Schema, oid: u32) -> bool {
+    match schema.types.get(&oid) {
+        Some(t) if t.name.schema == "pg_catalog" => {
+            matches!(t.name.name.as_str(), "int2" | "int4" | "int8")
+        }
+        Some(t) => matches!(t.kind, TypeKind::Domain { base } if is_integer_type(schema, base)),
+        None => false,
+    }
+}
+
+/// Even block ranges; the last one open-ended.
+pub fn ctid_chunks(heap_bytes: u64, block_size: u64, n: u64) -> Vec<ChunkRange> {
+    let blocks = heap_bytes.div_ceil(block_size.max(1)).max(1);
+    let n = n.clamp(1, blocks);
+    (0..n)
+        .map(|i| ChunkRange {
+            start: (i > 0).then(|| (blocks * i / n) as i64),
+            end: (i + 1 < n).then(|| (blocks * (i + 1) / n) as i64),
+        })
+        .collect()
+}
+
+/// Even key ranges between `min` and `max`; the first and last open-ended.
+pub fn key_chunks(min: i64, max: i64, n: u64) -> Vec<ChunkRange> {
+    let span = (max as i128 - min as i128 + 1).max(1);
+    let n = (n as i128).clamp(1, span) as u64;
+    (0..n)
+        .map(|i| ChunkRange {
+            start: (i > 0).then(|| (min as i128 + span * i as i128 / n as i128) as i64),
+            end: (i + 1 < n).then(|| (min as i128 + span * (i + 1) as i128 / n as i128) as i64),
+        })
+        .collect()
+}
+
+/// What the splitter decided before key bounds are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitDecision {
+    /// Whole table.
+    Whole,
+    /// Block ranges, `n` chunks.
+    Ctid(u64),
+    /// Key ranges over this column, `n` chunks (needs min/max from the source).
+    Key(String, u64),
+}
+
+/// Decide how to split `table`, and warn when a large table cannot be split.
+pub fn split_decision(
+    schema: &Schema,
+    table: &Table,
+    task: &Task,
+    warnings: &mut Vec<String>,
+) -> SplitDecision {
+    let threshold = task.full_load.split_threshold;
+    if table.heap_bytes <= threshold {
+        return SplitDecision::Whole;
+    }
+    let n = table
+        .heap_bytes
+        .div_ceil(threshold)
+        .max(task.full_load.threads as u64)
+        .min(MAX_CHUNKS);
+    if schema.server_version >= 140000 {
+        return SplitDecision::Ctid(n);
+    }
+    if let Some(pk) = &table.primary_key
+        && pk.columns.len() == 1
+        && let Some(col) = table.column(&pk.columns[0])
+        && is_integer_type(schema, col.type_oid)
+    {
+        return SplitDecision::Key(col.name.clone(), n);
+    }
+    warnings.push(format!(
+        "{} ({}) is copied by one worker: the source is older than PostgreSQL 14 and the table has no single integer primary key to split on",
+        table.name,
+        pgtide_core::size::human_bytes(table.heap_bytes)
+    ));
+    SplitDecision::Whole
+}
+
+/// Select tables and build the plan. Key-range chunks are filled in later by the caller (they
+/// need the key's min and max from the source); see [`key_chunks`].
+pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, SplitDecision>)> {
+    let sel = &task.tables;
+    let mut warnings = Vec::new();
+
+    // Include patterns that match nothing are errors; excludes that match nothing, warnings.
+    for (i, p) in sel.include.iter().enumerate() {
+        if !schema
+            .tables
+            .iter()
+            .any(|t| p.matches(&t.name.schema, &t.name.name))
+        {
+            let schemas = if schema.schemas.is_empty() {
+                "none".to_string()
+            } else {
+                schema.schemas.join(", ")
+            };
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("tables.include[{i}]: pattern {p} matches no table in the source"),
+            )
+            .with_hint(format!(
+                "check the spelling and the quoting: unquoted names fold to lower case, \"Quoted\" names match exactly; the source's schemas are: {schemas}"
+            )));
+        }
+    }
+    for (i, p) in sel.exclude.iter().enumerate() {
+        if !schema
+            .tables
+            .iter()
+            .any(|t| p.matches(&t.name.schema, &t.name.name))
+        {
+            warnings.push(format!("tables.exclude[{i}]: pattern {p} matches no table"));
+        }
+    }
+
+    // Roots and ordinary tables by their own names; partitions follow their parent.
+    let by_oid: HashMap<u32, &Table> = schema.tables.iter().map(|t| (t.oid, t)).collect();
+    let mut selected: HashSet<u32> = HashSet::new();
+    fn is_selected(t: &Table, by_oid: &HashMap<u32, &Table>, task: &Task, depth: u32) -> bool {
+        match t.partition_of.and_then(|p| by_oid.get(&p)) {
+            Some(parent) if depth < 64 => {
+                is_selected(parent, by_oid, task, depth + 1)
+                    && !task
+                        .tables
+                        .exclude
+                        .iter()
+                        .any(|p| p.matches(&t.name.schema, &t.name.name))
+            }
+            _ => task.tables.selects(&t.name.schema, &t.name.name),
+        }
+    }
+    for t in &schema.tables {
+        if is_selected(t, &by_oid, task, 0) {
+            selected.insert(t.oid);
+        }
+    }
+    if selected.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "the table selection matches no table in the source",
+        )
+        .with_hint("check tables.include and tables.exclude"));
+    }
+
+    if schema.large_objects > 0 {
+        match task.full_load.large_objects {
+            LargeObjects::Fail => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("the source holds {} large objects (pg_largeobject), which pgtide does not copy", schema.large_objects),
+                )
+                .with_hint("set full_load.large_objects: skip to load the tables without them (and move them with pg_dump --large-objects --data-only), or remove them"));
+            }
+            LargeObjects::Skip => warnings.push(format!(
+                "{} large objects are not copied (full_load.large_objects: skip)",
+                schema.large_objects
+            )),
+        }
+    }
+
+    // pg_dump filter: tables not selected, views that read them, sequences they own, and
+    // schemas nothing selected lives in or needs.
+    let mut filter = DumpFilter::default();
+    let mut excluded_rel: BTreeSet<u32> = BTreeSet::new();
+    for t in &schema.tables {
+        if !selected.contains(&t.oid) {
+            excluded_rel.insert(t.oid);
+        }
+    }
+    let mut needed_schemas: BTreeSet<String> = BTreeSet::new();
+    for t in schema.tables.iter().filter(|t| selected.contains(&t.oid)) {
+        needed_schemas.insert(t.name.schema.clone());
+        for c in &t.columns {
+            collect_type_schemas(schema, c.type_oid, &mut needed_schemas, 0);
+        }
+    }
+    let excluded_schemas: BTreeSet<String> = schema
+        .schemas
+        .iter()
+        .filter(|s| !sel.may_select_schema(s) && !needed_schemas.contains(*s))
+        .cloned()
+        .collect();
+    // Views that read excluded relations (transitively) are left out too, with a warning.
+    loop {
+        let mut changed = false;
+        for v in &schema.views {
+            if excluded_rel.contains(&v.oid) || excluded_schemas.contains(&v.name.schema) {
+                continue;
+            }
+            if let Some(dep) = v.depends_on.iter().find(|d| excluded_rel.contains(d)) {
+                excluded_rel.insert(v.oid);
+                changed = true;
+                let dep_name = schema
+                    .table(*dep)
+                    .map(|t| t.name.to_string())
+                    .or_else(|| {
+                        schema
+                            .views
+                            .iter()
+                            .find(|x| x.oid == *dep)
+                            .map(|x| x.name.to_string())
+                    })
+                    .unwrap_or_else(|| dep.to_string());
+                warnings.push(format!(
+                    "{} {} is not created on the target: it reads {dep_name}, which is not selected",
+                    if v.materialized { "materialized view" } else { "view" },
+                    v.name
+                ));
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for s in &schema.sequences {
+        if let Some((owner, _)) = &s.owned_by
+            && excluded_rel.contains(owner)
+        {
+            excluded_rel.insert(s.oid);
+        }
+    }
+    for oid in &excluded_rel {
+        let name = schema
+            .table(*oid)
+            .map(|t| &t.name)
+            .or_else(|| schema.views.iter().find(|v| v.oid == *oid).map(|v| &v.name))
+            .or_else(|| {
+                schema
+                    .sequences
+                    .iter()
+                    .find(|s| s.oid == *oid)
+                    .map(|s| &s.name)
+            });
+        if let Some(n) = name
+            && !excluded_schemas.contains(&n.schema)
+        {
+            filter
+                .exclude_relations
+                .push((n.schema.clone(), n.name.clone()));
+        }
+    }
+    let sequences: Vec<QualifiedName> = schema
+        .sequences
+        .iter()
+        .filter(|s| !excluded_rel.contains(&s.oid) && !excluded_schemas.contains(&s.name.schema))
+        .filter(|s| s.owned_by.is_some() || sel.may_select_schema(&s.name.schema))
+        .map(|s| s.name.clone())
+        .collect();
+    let materialized_views = matview_order(schema, &excluded_rel, &excluded_schemas);
+    filter.exclude_schemas = excluded_schemas.into_iter().collect();
+
+    let mut tables = Vec::new();
+    let mut decisions = HashMap::new();
+    for t in schema
+        .tables
+        .iter()
+        .filter(|t| selected.contains(&t.oid) && t.has_storage())
+    {
+        let (format, text_reason) = choose_format(schema, t, task.full_load.copy_format);
+        let decision = split_decision(schema, t, task, &mut warnings);
+        let (split, chunks) = match &decision {
+            SplitDecision::Whole => (
+                Split::None,
+                vec![ChunkRange {
+                    start: None,
+                    end: None,
+                }],
+            ),
+            SplitDecision::Ctid(n) => (
+                Split::Ctid,
+                ctid_chunks(t.heap_bytes, schema.block_size, *n),
+            ),
+            SplitDecision::Key(col, _) => (Split::Key(col.clone()), Vec::new()),
+        };
+        if t.unlogged {
+            warnings.push(format!(
+                "{} is UNLOGGED: it is copied, but its rows are lost on a target crash",
+                t.name
+            ));
+        }
+        decisions.insert(t.oid, decision);
+        tables.push(PlannedTable {
+            oid: t.oid,
+            source: t.name.clone(),
+            target: t.name.clone(),
+            columns: t.copy_columns().map(|c| c.name.clone()).collect(),
+            format,
+            text_reason,
+            split,
+            chunks,
+            bytes: t.total_bytes,
+            estimated_rows: t.estimated_rows.max(0) as u64,
+        });
+    }
+    tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.source.cmp(&b.source)));
+    Ok((
+        LoadPlan {
+            tables,
+            selected,
+            dump_filter: filter,
+            warnings,
+            sequences,
+            materialized_views,
+        },
+        decisions,
+    ))
+}
+
+/// Populated materialized views that are copied, ordered so that one reading another is
+/// refreshed after it.
+fn matview_order(
+    schema: &Schema,
+    excluded: &BTreeSet<u32>,
+    excluded_schemas: &BTreeSet<String>,
+) -> Vec<QualifiedName> {
+    let mvs: Vec<&pgtide_core::schema::View> = schema
+        .views
+        .iter()
+        .filter(|v| {
+            v.materialized
+                && v.populated
+                && !excluded.contains(&v.oid)
+                && !excluded_schemas.contains(&v.name.schema)
+        })
+        .collect();
+    let oids: HashSet<u32> = mvs.iter().map(|v| v.oid).collect();
+    let mut done: HashSet<u32> = HashSet::new();
+    let mut out = Vec::new();
+    while out.len() < mvs.len() {
+        let before = out.len();
+        for v in &mvs {
+            if !done.contains(&v.oid)
+                && v.depends_on
+                    .iter()
+                    .all(|d| !oids.contains(d) || done.contains(d))
+            {
+                done.insert(v.oid);
+                out.push(v.name.clone());
+            }
+        }
+        if out.len() == before {
+            // A cycle cannot exist between materialized views; keep the rest in catalog order.
+            for v in &mvs {
+                if done.insert(v.oid) {
+                    out.push(v.name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn collect_type_schemas(schema: &Schema, oid: u32, out: &mut BTreeSet<String>, depth: u32) {
+    let Some(t) = schema.types.get(&oid) else {
+        return;
+    };
+    if depth > 32 {
+        return;
+    }
+    if t.is_user_defined() {
+        out.insert(t.name.schema.clone());
+    }
+    match &t.kind {
+        TypeKind::Domain { base } => collect_type_schemas(schema, *base, out, depth + 1),
+        TypeKind::Array { element } => collect_type_schemas(schema, *element, out, depth + 1),
+        TypeKind::Range { subtype } => collect_type_schemas(schema, *subtype, out, depth + 1),
+        TypeKind::Multirange { range } => collect_type_schemas(schema, *range, out, depth + 1),
+        TypeKind::Composite(attrs) => {
+            for a in attrs {
+                collect_type_schemas(schema, *a, out, depth + 1)
+            }
+        }
+        TypeKind::Base | TypeKind::Enum(_) | TypeKind::Pseudo => {}
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, printed as hex: the task's configuration fingerprint.
+pub fn fingerprint(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0u8)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctid_chunks_cover_everything_once() {
+        let c = ctid_chunks(100 * 8192, 8192, 4);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0].start, None);
+        assert_eq!(c[3].end, None);
+        for w in c.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert_eq!(ctid_chunks(8192, 8192, 8).len(), 1);
+    }
+
+    #[test]
+    fn key_chunks_cover_everything_once() {
+        let c = key_chunks(1, 1000, 4);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0].start, None);
+        assert_eq!(c[3].end, None);
+        for w in c.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert_eq!(key_chunks(5, 5, 4).len(), 1);
+        assert_eq!(key_chunks(i64::MIN, i64::MAX, 3).len(), 3);
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_sensitive() {
+        assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
+        assert_ne!(fingerprint(&["a", "b"]), fingerprint(&["ab", ""]));
+    }
+}

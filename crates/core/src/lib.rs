@@ -1,0 +1,25 @@
+//! pgtide's domain model, shared by every stage and every target kind.
+//!
+//! # Layout
+//! - [`task`]: the YAML task file: raw serde structs, validated into a [`task::Task`] before
+//!   anything connects.
+//! - [`endpoint`]: connection URLs, parsed once, printable without their secrets.
+//! - [`ident`]: identifier quoting and qualified names. Every identifier that reaches SQL goes
+//!   through here.
+//! - [`selection`]: include/exclude patterns that follow PostgreSQL's identifier rules.
+//! - [`schema`]: the source schema model produced by introspection and consumed by planning,
+//!   DDL and loading.
+//! - [`error`]: one error type that keeps its cause, says whether retrying can help, and carries
+//!   the hint shown to the operator.
+//!
+//! Nothing here performs I/O on a database; the `pgtide-postgres` crate fills these types in.
+
+pub mod endpoint;
+pub mod error;
+pub mod ident;
+pub mod schema;
+pub mod selection;
+pub mod size;
+pub mod task;
+
+pub use error::{Error, ErrorKind, Result};

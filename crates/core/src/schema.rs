@@ -1,0 +1,451 @@
+//! The source schema model.
+//!
+//! Introspection fills it from the source catalog, inside the load snapshot, so the model and
+//! the copied rows describe the same instant. Planning reads it to decide which tables move,
+//! how they are split and which COPY format is portable; DDL reads it to build indexes and
+//! constraints after the load; reports read it to name things. Catalog OIDs identify objects
+//! within one source, names identify them across servers.
+
+use crate::ident::QualifiedName;
+use std::collections::BTreeMap;
+
+/// PostgreSQL's first OID for objects created after `initdb` (`FirstNormalObjectId`). Types at
+/// or above it are user-defined or come from extensions, and get different OIDs on the target.
+pub const FIRST_NORMAL_OID: u32 = 16384;
+
+/// Everything pgtide knows about the source database.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    /// `server_version_num`, e.g. 150018.
+    pub server_version: u32,
+    /// Ordinary, partitioned and partition tables (not views, not foreign tables).
+    pub tables: Vec<Table>,
+    /// Every type referenced by a column, recursively (element, base, attribute, subtype).
+    pub types: BTreeMap<u32, PgType>,
+    /// Sequences, including identity sequences.
+    pub sequences: Vec<Sequence>,
+    /// Views and materialized views.
+    pub views: Vec<View>,
+    /// Installed extensions.
+    pub extensions: Vec<Extension>,
+    /// Number of large objects in `pg_largeobject_metadata`.
+    pub large_objects: u64,
+    /// User schemas (not system schemas, not pgtide's own).
+    pub schemas: Vec<String>,
+    /// Size of a heap block in bytes (`block_size`, normally 8192), for ctid-range chunks.
+    pub block_size: u64,
+}
+
+/// What kind of relation a table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A table with storage (`relkind = 'r'`), possibly a partition or an inheritance child.
+    Ordinary,
+    /// A partitioned table (`relkind = 'p'`): no storage of its own; its leaves hold the rows.
+    Partitioned,
+}
+
+/// A table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Source OID.
+    pub oid: u32,
+    /// Schema and name.
+    pub name: QualifiedName,
+    /// Ordinary or partitioned.
+    pub kind: TableKind,
+    /// The parent when this table is a partition.
+    pub partition_of: Option<u32>,
+    /// Inheritance parents (not partitioning).
+    pub inherits: Vec<u32>,
+    /// `UNLOGGED` tables are copied, but changes to them are not in the WAL.
+    pub unlogged: bool,
+    /// Columns in `attnum` order, dropped columns removed.
+    pub columns: Vec<Column>,
+    /// The primary key, when there is one.
+    pub primary_key: Option<Key>,
+    /// What identifies a row in the WAL for updates and deletes.
+    pub replica_identity: ReplicaIdentity,
+    /// Indexes on this table (including the ones backing constraints).
+    pub indexes: Vec<Index>,
+    /// Constraints defined on this table (not NOT NULL).
+    pub constraints: Vec<Constraint>,
+    /// User triggers (not the internal ones behind foreign keys).
+    pub triggers: Vec<Trigger>,
+    /// Row-level security is enabled.
+    pub row_security: bool,
+    /// `pg_class.reltuples`; negative when never analyzed.
+    pub estimated_rows: i64,
+    /// `pg_class.relpages` (blocks of 8 kB in the main fork).
+    pub pages: u64,
+    /// Main-fork size in bytes, for ctid-range chunking.
+    pub heap_bytes: u64,
+    /// Heap plus TOAST size in bytes: what the copy has to read.
+    pub total_bytes: u64,
+}
+
+impl Table {
+    /// Columns that carry data in COPY: every column except stored generated ones, which the
+    /// target computes itself.
+    pub fn copy_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| !c.generated)
+    }
+
+    /// True when the table has its own storage (its rows are copied from it directly).
+    pub fn has_storage(&self) -> bool {
+        self.kind == TableKind::Ordinary
+    }
+
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// `attnum`.
+    pub attnum: i16,
+    /// Name as stored.
+    pub name: String,
+    /// Type OID (a domain's own OID for domain columns).
+    pub type_oid: u32,
+    /// `format_type(atttypid, atttypmod)`: `numeric(10,2)`, `character varying(20)`, `public.mpaa_rating`.
+    pub type_name: String,
+    /// `NOT NULL`.
+    pub not_null: bool,
+    /// Default expression (`pg_get_expr`), if any.
+    pub default: Option<String>,
+    /// Identity column kind, if any.
+    pub identity: Option<Identity>,
+    /// Stored generated column (`GENERATED ALWAYS AS (...) STORED`).
+    pub generated: bool,
+}
+
+/// Identity column kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    Always,
+    /// `GENERATED BY DEFAULT AS IDENTITY`.
+    ByDefault,
+}
+
+/// A primary or unique key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// Constraint name.
+    pub name: String,
+    /// Column names in key order.
+    pub columns: Vec<String>,
+}
+
+/// `REPLICA IDENTITY` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key (or nothing, when there is none).
+    Default,
+    /// No old-row information at all.
+    Nothing,
+    /// The whole old row.
+    Full,
+    /// A unique index, by name.
+    Index(String),
+}
+
+/// An index.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Source OID.
+    pub oid: u32,
+    /// Index name (same schema as the table).
+    pub name: String,
+    /// `pg_get_indexdef`: the complete `CREATE INDEX` statement.
+    pub definition: String,
+    /// Unique index.
+    pub unique: bool,
+    /// Backs the primary key.
+    pub primary: bool,
+    /// Name of the constraint this index implements (primary key, unique, exclusion), if any.
+    pub constraint: Option<String>,
+    /// The partitioned parent index this index is attached to, if any.
+    pub parent_index: Option<u32>,
+    /// Index on a partitioned table (`ON ONLY`; partitions' indexes attach to it).
+    pub partitioned: bool,
+    /// `indisvalid`; an invalid index (failed CREATE INDEX CONCURRENTLY) is not recreated.
+    pub valid: bool,
+}
+
+/// Constraint kinds pgtide builds after the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintKind {
+    /// `PRIMARY KEY`.
+    PrimaryKey,
+    /// `UNIQUE`.
+    Unique,
+    /// `CHECK`.
+    Check,
+    /// `FOREIGN KEY`.
+    ForeignKey,
+    /// `EXCLUDE`.
+    Exclusion,
+}
+
+/// A table constraint.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    /// Source OID.
+    pub oid: u32,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: ConstraintKind,
+    /// `pg_get_constraintdef`: the text after `ADD CONSTRAINT name`, with `NOT VALID` and
+    /// `DEFERRABLE` as on the source.
+    pub definition: String,
+    /// `convalidated`.
+    pub validated: bool,
+    /// Defined on this table itself (false when inherited from a parent or a partition root,
+    /// in which case the parent's definition creates it).
+    pub local: bool,
+    /// The referenced table, for foreign keys.
+    pub references: Option<u32>,
+    /// The supporting index, for primary keys, unique and exclusion constraints.
+    pub index: Option<u32>,
+}
+
+/// A user trigger.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// Source OID.
+    pub oid: u32,
+    /// Name.
+    pub name: String,
+}
+
+/// The shape of a type, as far as copying and mapping need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeKind {
+    /// A base (scalar) type.
+    Base,
+    /// An enum with its labels in sort order.
+    Enum(Vec<String>),
+    /// A domain over `base`.
+    Domain {
+        /// The underlying type.
+        base: u32,
+    },
+    /// A composite type with attribute type OIDs.
+    Composite(Vec<u32>),
+    /// A range over `subtype`.
+    Range {
+        /// The element type.
+        subtype: u32,
+    },
+    /// A multirange over `range`.
+    Multirange {
+        /// The range type.
+        range: u32,
+    },
+    /// An array of `element`.
+    Array {
+        /// The element type.
+        element: u32,
+    },
+    /// A pseudo-type (should not appear in table columns).
+    Pseudo,
+}
+
+/// A type referenced by some column.
+#[derive(Debug, Clone)]
+pub struct PgType {
+    /// OID on the source.
+    pub oid: u32,
+    /// Schema and name.
+    pub name: QualifiedName,
+    /// Shape.
+    pub kind: TypeKind,
+    /// Has binary send and receive functions.
+    pub binary_io: bool,
+}
+
+impl PgType {
+    /// User-defined or extension type: its OID differs on the target.
+    pub fn is_user_defined(&self) -> bool {
+        self.oid >= FIRST_NORMAL_OID
+    }
+}
+
+/// A sequence.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    /// Source OID.
+    pub oid: u32,
+    /// Schema and name.
+    pub name: QualifiedName,
+    /// The table and column that own it (`OWNED BY` or identity).
+    pub owned_by: Option<(u32, String)>,
+    /// Backs an identity column.
+    pub identity: bool,
+}
+
+/// A view or materialized view.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Source OID.
+    pub oid: u32,
+    /// Schema and name.
+    pub name: QualifiedName,
+    /// Materialized view.
+    pub materialized: bool,
+    /// Materialized view that holds data on the source (is refreshed on the target).
+    pub populated: bool,
+    /// Tables and views it reads (direct dependencies).
+    pub depends_on: Vec<u32>,
+}
+
+/// An installed extension.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    /// Extension name.
+    pub name: String,
+    /// Schema holding its objects.
+    pub schema: String,
+    /// Installed version.
+    pub version: String,
+}
+
+impl Schema {
+    /// The table with this OID.
+    pub fn table(&self, oid: u32) -> Option<&Table> {
+        self.tables.iter().find(|t| t.oid == oid)
+    }
+
+    /// The table with this name.
+    pub fn table_by_name(&self, schema: &str, name: &str) -> Option<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.name.schema == schema && t.name.name == name)
+    }
+
+    /// The partition root of a table (itself when it is not a partition).
+    pub fn partition_root(&self, table: &Table) -> u32 {
+        let mut cur = table;
+        let mut guard = 0;
+        while let Some(parent) = cur.partition_of.and_then(|p| self.table(p)) {
+            cur = parent;
+            guard += 1;
+            if guard > 64 {
+                break;
+            }
+        }
+        cur.oid
+    }
+
+    /// Why binary COPY of this column would not load on another server, if it would not.
+    ///
+    /// Binary COPY embeds type OIDs in two places: array headers (the element type) and
+    /// composite values (each attribute's type). `array_recv` and `record_recv` on the target
+    /// reject OIDs that differ from their own, and user-defined types get new OIDs on every
+    /// server. Domains, ranges and multiranges embed no OID of their own but may wrap an array
+    /// or composite, so the walk goes through them. Types without binary send/receive functions
+    /// cannot be copied in binary at all.
+    pub fn binary_copy_obstacle(&self, type_oid: u32) -> Option<String> {
+        self.binary_obstacle_inner(type_oid, 0)
+    }
+
+    fn binary_obstacle_inner(&self, oid: u32, depth: u32) -> Option<String> {
+        if depth > 32 {
+            return Some("type nesting is too deep to analyse".into());
+        }
+        let Some(t) = self.types.get(&oid) else {
+            return Some(format!("type {oid} was not introspected"));
+        };
+        if !t.binary_io {
+            return Some(format!("type {} has no binary I/O functions", t.name));
+        }
+        let embedded = |inner: u32| -> Option<String> {
+            let it = self.types.get(&inner)?;
+            it.is_user_defined()
+                .then(|| format!("{} embeds the OID of user-defined type {}", t.name, it.name))
+        };
+        match &t.kind {
+            TypeKind::Base | TypeKind::Enum(_) | TypeKind::Pseudo => None,
+            TypeKind::Domain { base } => self.binary_obstacle_inner(*base, depth + 1),
+            TypeKind::Range { subtype } => self.binary_obstacle_inner(*subtype, depth + 1),
+            TypeKind::Multirange { range } => self.binary_obstacle_inner(*range, depth + 1),
+            TypeKind::Array { element } => {
+                embedded(*element).or_else(|| self.binary_obstacle_inner(*element, depth + 1))
+            }
+            TypeKind::Composite(attrs) => attrs
+                .iter()
+                .find_map(|a| embedded(*a).or_else(|| self.binary_obstacle_inner(*a, depth + 1))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(oid: u32, name: &str, kind: TypeKind) -> PgType {
+        PgType {
+            oid,
+            name: QualifiedName::new(
+                if oid < FIRST_NORMAL_OID {
+                    "pg_catalog"
+                } else {
+                    "public"
+                },
+                name,
+            ),
+            kind,
+            binary_io: true,
+        }
+    }
+
+    #[test]
+    fn binary_is_refused_only_where_oids_are_embedded() {
+        let mut s = Schema::default();
+        for t in [
+            ty(25, "text", TypeKind::Base),
+            ty(1009, "_text", TypeKind::Array { element: 25 }),
+            ty(20000, "mood", TypeKind::Enum(vec!["sad".into()])),
+            ty(20001, "_mood", TypeKind::Array { element: 20000 }),
+            ty(20002, "pair", TypeKind::Composite(vec![25, 25])),
+            ty(20003, "_pair", TypeKind::Array { element: 20002 }),
+            ty(20004, "moodpair", TypeKind::Composite(vec![25, 20000])),
+            ty(20005, "tags", TypeKind::Domain { base: 1009 }),
+            ty(20006, "moods", TypeKind::Domain { base: 20001 }),
+            ty(20007, "year", TypeKind::Domain { base: 25 }),
+        ] {
+            s.types.insert(t.oid, t);
+        }
+        assert_eq!(s.binary_copy_obstacle(25), None);
+        assert_eq!(s.binary_copy_obstacle(1009), None);
+        assert_eq!(s.binary_copy_obstacle(20000), None, "enums send labels");
+        assert!(s.binary_copy_obstacle(20001).is_some(), "array of enum");
+        assert_eq!(
+            s.binary_copy_obstacle(20002),
+            None,
+            "composite of built-ins"
+        );
+        assert!(
+            s.binary_copy_obstacle(20003).is_some(),
+            "array of composite"
+        );
+        assert!(
+            s.binary_copy_obstacle(20004).is_some(),
+            "composite holding an enum"
+        );
+        assert_eq!(s.binary_copy_obstacle(20005), None, "domain over text[]");
+        assert!(
+            s.binary_copy_obstacle(20006).is_some(),
+            "domain over enum[]"
+        );
+        assert_eq!(s.binary_copy_obstacle(20007), None);
+        s.types.get_mut(&25).unwrap().binary_io = false;
+        assert!(s.binary_copy_obstacle(20007).is_some());
+    }
+}

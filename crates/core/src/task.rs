@@ -1,0 +1,509 @@
+//! The task file: what to move, from where, to where, and how.
+//!
+//! Two layers. The `Raw*` structs mirror the YAML exactly (`deny_unknown_fields`, so a typo
+//! such as `thread: 4` is an error instead of a silently ignored setting). [`Task::load`] turns
+//! them into a validated [`Task`]: names checked, patterns compiled, URLs parsed, passwords
+//! resolved. All of that happens before anything connects, and every error names the field
+//! path (`full_load.threads`) and the expected form. Values from the file are never echoed in
+//! errors for the URL and password fields.
+//!
+//! ```yaml
+//! name: shop
+//! source: { url: postgresql://app@src:5432/shop }
+//! target: { url: postgresql://app@dst:5432/shop, password_env: TARGET_PW }
+//! mode: full-load
+//! tables: { include: ["public.*"], exclude: ["public.tmp_*"] }
+//! full_load: { threads: 4, split_threshold: 256MB, table_preparation: drop-and-create }
+//! ```
+
+use crate::endpoint::{ConnUrl, EndpointKind};
+use crate::error::{Error, Result};
+use crate::selection::Selection;
+use crate::size::ByteSize;
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+/// The longest task name; derived object names (`pgtide_<name>_slot`) must fit PostgreSQL's
+/// 63-byte identifier limit.
+pub const MAX_TASK_NAME: usize = 40;
+
+/// What the task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Copy the tables once, from one consistent snapshot.
+    #[default]
+    FullLoad,
+    /// Stream changes from a replication slot only.
+    Cdc,
+    /// Full load from the slot's snapshot, then stream changes from the slot.
+    FullLoadAndCdc,
+}
+
+impl Mode {
+    /// The task-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::FullLoad => "full-load",
+            Mode::Cdc => "cdc",
+            Mode::FullLoadAndCdc => "full-load-and-cdc",
+        }
+    }
+}
+
+/// What happens to target tables before the load (AWS DMS's `TargetTablePrepMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TablePreparation {
+    /// Drop the target tables if they exist and create them from the source schema, with the
+    /// source's types, functions, views and other objects; indexes and constraints after the load.
+    #[default]
+    DropAndCreate,
+    /// Keep the target tables (they must exist) and empty them first.
+    Truncate,
+    /// Keep the target tables and their rows; they must exist and be empty.
+    DoNothing,
+}
+
+impl TablePreparation {
+    /// The task-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TablePreparation::DropAndCreate => "drop-and-create",
+            TablePreparation::Truncate => "truncate",
+            TablePreparation::DoNothing => "do-nothing",
+        }
+    }
+}
+
+/// Which COPY format the full load uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyFormat {
+    /// Binary where it is portable, text per table where it is not (user-defined types inside
+    /// arrays or composites, types without binary I/O, differing target column types).
+    #[default]
+    Auto,
+    /// Text for every table.
+    Text,
+}
+
+/// When primary keys are built on a PostgreSQL target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrimaryKeyTiming {
+    /// With the tables, before any row arrives: a duplicate row stops the load at once.
+    #[default]
+    BeforeLoad,
+    /// With the other indexes, after the table's rows: faster on large tables.
+    AfterLoad,
+}
+
+/// What to do when the source has large objects (`pg_largeobject`), which are not tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LargeObjects {
+    /// Stop before loading, naming the count: nothing is left behind without the operator knowing.
+    #[default]
+    Fail,
+    /// Load the tables and leave large objects behind, saying so in the report.
+    Skip,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: String,
+    source: RawEndpoint,
+    target: RawEndpoint,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    tables: RawTables,
+    #[serde(default)]
+    full_load: RawFullLoad,
+    #[serde(default)]
+    schema: RawSchema,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    url: String,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTables {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFullLoad {
+    threads: Option<u32>,
+    split_threshold: Option<ByteSize>,
+    fetch_size: Option<u32>,
+    table_preparation: Option<TablePreparation>,
+    copy_format: Option<CopyFormat>,
+    primary_keys: Option<PrimaryKeyTiming>,
+    large_objects: Option<LargeObjects>,
+    index_memory: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    pg_dump: Option<PathBuf>,
+    #[serde(default)]
+    owners: bool,
+    #[serde(default)]
+    privileges: bool,
+}
+
+/// One end of the task.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The parsed URL with its password resolved.
+    pub url: ConnUrl,
+}
+
+impl Endpoint {
+    /// PostgreSQL or MySQL.
+    pub fn kind(&self) -> EndpointKind {
+        self.url.kind
+    }
+}
+
+/// Full-load settings.
+#[derive(Debug, Clone)]
+pub struct FullLoadSettings {
+    /// Parallel workers; each holds one source and one target connection.
+    pub threads: usize,
+    /// Tables larger than this are split into chunks of about this size (and into at least
+    /// `threads` chunks), so one huge table uses every worker.
+    pub split_threshold: u64,
+    /// Rows per batch where rows are decoded rather than streamed (row-transforming targets).
+    pub fetch_size: usize,
+    /// What happens to target tables first.
+    pub table_preparation: TablePreparation,
+    /// COPY format policy.
+    pub copy_format: CopyFormat,
+    /// When primary keys are built.
+    pub primary_keys: PrimaryKeyTiming,
+    /// Large-object policy.
+    pub large_objects: LargeObjects,
+    /// `maintenance_work_mem` for index builds on the target.
+    pub index_memory: u64,
+}
+
+/// Schema-copy settings (PostgreSQL targets).
+#[derive(Debug, Clone)]
+pub struct SchemaSettings {
+    /// Explicit `pg_dump` (file or directory holding `pg_dump` and `pg_restore`).
+    pub pg_dump: Option<PathBuf>,
+    /// Keep object owners (the roles must exist on the target).
+    pub owners: bool,
+    /// Keep GRANTs (the roles must exist on the target).
+    pub privileges: bool,
+}
+
+/// A validated task.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Task name; state, slot and publication names derive from it.
+    pub name: String,
+    /// Where rows come from (always PostgreSQL).
+    pub source: Endpoint,
+    /// Where rows go.
+    pub target: Endpoint,
+    /// What the task does.
+    pub mode: Mode,
+    /// Which tables.
+    pub tables: Selection,
+    /// Full-load settings.
+    pub full_load: FullLoadSettings,
+    /// Schema settings.
+    pub schema: SchemaSettings,
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_TASK_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!("name: {name:?} is not a valid task name")).with_hint(format!(
+            "use 1 to {MAX_TASK_NAME} characters: lower-case letters, digits and _, starting with a letter \
+             (slot, publication and state names are derived from it)"
+        )))
+    }
+}
+
+impl Task {
+    /// Read and validate a task file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read task file {}", path.display())).with_source(e)
+        })?;
+        Self::from_yaml(&text).map_err(|e| e.context(format!("task file {}", path.display())))
+    }
+
+    /// Validate task YAML.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let raw = parse_raw(text)?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawTask) -> Result<Self> {
+        validate_name(&raw.name)?;
+        let endpoint = |r: &RawEndpoint, field: &str| -> Result<Endpoint> {
+            let mut url = ConnUrl::parse(&r.url, &format!("{field}.url"))?;
+            url.resolve_password(r.password_env.as_deref(), r.password_file.as_deref(), field)?;
+            Ok(Endpoint { url })
+        };
+        let source = endpoint(&raw.source, "source")?;
+        let target = endpoint(&raw.target, "target")?;
+        if source.kind() != EndpointKind::Postgres {
+            return Err(Error::config("source.url: the source must be PostgreSQL")
+                .with_hint("write postgresql://user@host:5432/dbname"));
+        }
+        if target.kind() == EndpointKind::Mysql {
+            return Err(Error::config(
+                "target.url: MySQL/MariaDB targets are not available in this version of pgtide",
+            )
+            .with_hint("use a PostgreSQL target (postgresql://...)"));
+        }
+        if raw.mode != Mode::FullLoad {
+            return Err(Error::config(format!(
+                "mode: {} is not available in this version of pgtide",
+                raw.mode.as_str()
+            ))
+            .with_hint("use mode: full-load"));
+        }
+        let tables = Selection::parse(&raw.tables.include, &raw.tables.exclude)?;
+
+        let f = raw.full_load;
+        let threads = f.threads.unwrap_or(4);
+        if !(1..=64).contains(&threads) {
+            return Err(
+                Error::config(format!("full_load.threads: {threads} is out of range"))
+                    .with_hint("use a number from 1 to 64"),
+            );
+        }
+        let split_threshold = f.split_threshold.unwrap_or(ByteSize(256 << 20)).0;
+        if split_threshold < (1 << 20) {
+            return Err(Error::config(format!(
+                "full_load.split_threshold: {} is too small",
+                ByteSize(split_threshold)
+            ))
+            .with_hint("use at least 1MB; 256MB suits most tables"));
+        }
+        let fetch_size = f.fetch_size.unwrap_or(10_000) as usize;
+        if !(1..=1_000_000).contains(&fetch_size) {
+            return Err(Error::config(format!(
+                "full_load.fetch_size: {fetch_size} is out of range"
+            ))
+            .with_hint("use a number of rows from 1 to 1000000"));
+        }
+        let index_memory = f.index_memory.unwrap_or(ByteSize(256 << 20)).0;
+        if !((1 << 20)..=(1 << 40)).contains(&index_memory) {
+            return Err(Error::config(format!(
+                "full_load.index_memory: {} is out of range",
+                ByteSize(index_memory)
+            ))
+            .with_hint("use a size from 1MB to 1TB, e.g. 256MB"));
+        }
+        Ok(Task {
+            name: raw.name,
+            source,
+            target,
+            mode: raw.mode,
+            tables,
+            full_load: FullLoadSettings {
+                threads: threads as usize,
+                split_threshold,
+                fetch_size,
+                table_preparation: f.table_preparation.unwrap_or_default(),
+                copy_format: f.copy_format.unwrap_or_default(),
+                primary_keys: f.primary_keys.unwrap_or_default(),
+                large_objects: f.large_objects.unwrap_or_default(),
+                index_memory,
+            },
+            schema: SchemaSettings {
+                pg_dump: raw.schema.pg_dump,
+                owners: raw.schema.owners,
+                privileges: raw.schema.privileges,
+            },
+        })
+    }
+}
+
+/// Parse YAML into the raw structs, turning the parser's error into one that names the field
+/// path and the line, and never quotes the surrounding text (it could hold a password).
+fn parse_raw(text: &str) -> Result<RawTask> {
+    let path = RefCell::new(String::new());
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            *path.borrow_mut() = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let inner = e.without_snippet();
+        let location = inner
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        let mut msg = inner.to_string();
+        // The parser prefixes "error: line L column C: "; we print the location ourselves.
+        if let Some(idx) = msg.find(": ")
+            && msg.starts_with("error: line")
+        {
+            msg = msg[idx + 2..].to_string();
+            if let Some(idx) = msg.find(": ")
+                && msg.starts_with("line ")
+            {
+                msg = msg[idx + 2..].to_string();
+            }
+        }
+        let msg = msg.lines().next().unwrap_or("").to_string();
+        let path = path.into_inner();
+        let at = if path.is_empty() || path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        Error::config(format!("{at}{msg}{location}")).with_hint(hint_for(&path, &msg))
+    })
+}
+
+fn hint_for(path: &str, msg: &str) -> String {
+    if msg.contains("unknown field") {
+        return "remove or correct the key; see the README's task file reference for every key"
+            .into();
+    }
+    match path.rsplit('.').next().unwrap_or("") {
+        "mode" => "use full-load, cdc or full-load-and-cdc".into(),
+        "table_preparation" => "use drop-and-create, truncate or do-nothing".into(),
+        "copy_format" => "use auto or text".into(),
+        "primary_keys" => "use before-load or after-load".into(),
+        "large_objects" => "use fail or skip".into(),
+        "threads" | "fetch_size" => "use a positive whole number".into(),
+        "split_threshold" | "index_memory" => "use a size such as 256MB or 1GB".into(),
+        "include" | "exclude" => "use a list of patterns: [\"public.*\", \"sales.orders\"]".into(),
+        _ if msg.contains("missing field") => {
+            "a task needs at least name, source.url and target.url".into()
+        }
+        _ => "see the README's task file reference".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "name: shop\nsource: { url: postgresql://u@src:5432/db }\ntarget: { url: postgresql://u:pw@dst/db }\n";
+
+    #[test]
+    fn minimal_task_gets_defaults() {
+        let t = Task::from_yaml(MIN).unwrap();
+        assert_eq!(t.name, "shop");
+        assert_eq!(t.mode, Mode::FullLoad);
+        assert_eq!(t.full_load.threads, 4);
+        assert_eq!(
+            t.full_load.table_preparation,
+            TablePreparation::DropAndCreate
+        );
+        assert!(t.tables.include.is_empty());
+    }
+
+    #[test]
+    fn full_task_parses() {
+        let y = format!(
+            "{MIN}mode: full-load\ntables: {{ include: [\"public.*\"], exclude: [\"public.\\\"Tmp\\\"\"] }}\n\
+             full_load:\n  threads: 2\n  split_threshold: 64MB\n  table_preparation: truncate\n  copy_format: text\n"
+        );
+        let t = Task::from_yaml(&y).unwrap();
+        assert_eq!(t.full_load.threads, 2);
+        assert_eq!(t.full_load.split_threshold, 64 << 20);
+        assert_eq!(t.full_load.table_preparation, TablePreparation::Truncate);
+        assert_eq!(t.full_load.copy_format, CopyFormat::Text);
+        assert!(t.tables.selects("public", "x"));
+        assert!(!t.tables.selects("public", "Tmp"));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let e = Task::from_yaml(&format!("{MIN}full_load:\n  thread: 4\n")).unwrap_err();
+        assert!(e.message().contains("full_load"), "{}", e.report());
+        assert!(e.message().contains("thread"), "{}", e.report());
+        assert!(e.message().contains("line 5"), "{}", e.report());
+    }
+
+    #[test]
+    fn wrong_type_names_path_and_form() {
+        let e = Task::from_yaml(&format!("{MIN}full_load:\n  threads: many\n")).unwrap_err();
+        assert!(
+            e.message().starts_with("full_load.threads"),
+            "{}",
+            e.report()
+        );
+        assert!(e.report().contains("whole number"), "{}", e.report());
+        let e = Task::from_yaml(&format!("{MIN}mode: fullload\n")).unwrap_err();
+        assert!(e.message().starts_with("mode"), "{}", e.report());
+        assert!(e.report().contains("full-load-and-cdc"), "{}", e.report());
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_errors() {
+        let y = "name: shop\nsource: { url: postgresql://u:TOPSECRET@src/db, bogus: 1 }\ntarget: { url: postgresql://u@dst/db }\n";
+        let e = Task::from_yaml(y).unwrap_err();
+        assert!(!e.report().contains("TOPSECRET"), "{}", e.report());
+        let y = "name: shop\nsource: { url: \"postgresql://u:TOPSECRET@src/db?sslmode=bad\" }\ntarget: { url: postgresql://u@dst/db }\n";
+        let e = Task::from_yaml(y).unwrap_err();
+        assert!(!e.report().contains("TOPSECRET"), "{}", e.report());
+    }
+
+    #[test]
+    fn invalid_yaml_and_missing_fields() {
+        assert!(Task::from_yaml("name: [oops\n").is_err());
+        let e = Task::from_yaml("name: shop\n").unwrap_err();
+        assert!(e.report().contains("source"), "{}", e.report());
+    }
+
+    #[test]
+    fn invalid_values() {
+        for (y, field) in [
+            (
+                format!("{MIN}full_load: {{ threads: 0 }}\n"),
+                "full_load.threads",
+            ),
+            (
+                format!("{MIN}full_load: {{ split_threshold: 1kB }}\n"),
+                "full_load.split_threshold",
+            ),
+            (MIN.replace("shop", "Shop!"), "name"),
+            (
+                format!("{MIN}tables: {{ include: [orders] }}\n"),
+                "tables.include[0]",
+            ),
+        ] {
+            let e = Task::from_yaml(&y).unwrap_err();
+            assert!(e.message().starts_with(field), "{field}: {}", e.report());
+            assert!(e.hint().is_some(), "{field}");
+        }
+    }
+}

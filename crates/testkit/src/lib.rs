@@ -1,0 +1,16 @@
+//! Throwaway database servers for tests and `pgtide demo`, and loaders for the shared datasets.
+//!
+//! pgtide is tested against real servers only: a fake database proves nothing about a
+//! migration tool. [`pg::PgServer`] runs `initdb` and `postgres` from the machine's PostgreSQL
+//! programs on a free port in a temporary directory, as an unprivileged user when the caller is
+//! root (PostgreSQL refuses to run as root, and CI runs as root), and stops the server when it
+//! is dropped. A watchdog process stops it too if the test process is killed, so nothing is left
+//! running either way.
+//!
+//! The demo uses this crate as well (it starts two throwaway servers), which is why it is a
+//! normal dependency of the binary rather than a dev-dependency.
+
+pub mod datasets;
+pub mod pg;
+
+pub use pg::{PgOptions, PgServer};
