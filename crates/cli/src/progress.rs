@@ -42,6 +42,8 @@ pub struct TableProgress {
 #[derive(Debug, Default)]
 struct State {
     phase: String,
+    /// When the last chunk of this run committed.
+    last_chunk_at: Option<Instant>,
     tables: BTreeMap<u32, TableProgress>,
     ddl_total: usize,
     ddl_done: usize,
@@ -157,12 +159,18 @@ impl Progress {
                 return None;
             }
             t.chunks_done += 1;
+            s.last_chunk_at = Some(Instant::now());
             if t.chunks_done == t.chunks {
                 t.copy_time = t.started.map(|st| st.elapsed());
                 return Some(t.clone());
             }
             None
         })
+    }
+
+    /// When the last chunk of this run committed, if any did.
+    pub fn last_chunk_at(&self) -> Option<Instant> {
+        self.with(|s| s.last_chunk_at)
     }
 
     /// A snapshot of every table's counters.
@@ -297,19 +305,14 @@ async fn lines(progress: Arc<Progress>, every: u64, stop: Arc<tokio::sync::Notif
             .filter(|t| t.active > 0)
             .take(4)
             .map(|t| {
-                let pct = if t.expected_bytes > 0 {
-                    (t.bytes * 100 / t.expected_bytes).min(99)
-                } else {
-                    0
-                };
+                let pct = (t.bytes * 100)
+                    .checked_div(t.expected_bytes)
+                    .unwrap_or(0)
+                    .min(99);
                 format!("{} {pct}%", t.name)
             })
             .collect();
-        let pct = if expected > 0 {
-            done * 100 / expected
-        } else {
-            100
-        };
+        let pct = (done * 100).checked_div(expected).unwrap_or(100);
         tracing::info!(
             phase = %progress.phase(),
             percent = pct,

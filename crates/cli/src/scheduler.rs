@@ -132,13 +132,13 @@ impl<C, D> Scheduler<C, D> {
                 if g.stopped {
                     return None;
                 }
-                if let Some((_, _, _, d)) = g.ready.pop_front() {
-                    g.running += 1;
-                    return Some(Job::Ddl(d));
-                }
                 if let Some((_, c)) = g.copies.pop_front() {
                     g.running += 1;
                     return Some(Job::Copy(c));
+                }
+                if let Some((_, _, _, d)) = g.ready.pop_front() {
+                    g.running += 1;
+                    return Some(Job::Ddl(d));
                 }
                 if g.running == 0 {
                     // Nothing runs and nothing is ready: whatever still waits can never run.

@@ -13,7 +13,7 @@
 //! target: { url: postgresql://app@dst:5432/shop, password_env: TARGET_PW }
 //! mode: full-load
 //! tables: { include: ["public.*"], exclude: ["public.tmp_*"] }
-//! full_load: { threads: 4, split_threshold: 256MB, table_preparation: drop-and-create }
+//! full_load: { threads: 4, split_threshold: 64MB, table_preparation: drop-and-create }
 //! ```
 
 use crate::endpoint::{ConnUrl, EndpointKind};
@@ -303,13 +303,13 @@ impl Task {
                     .with_hint("use a number from 1 to 64"),
             );
         }
-        let split_threshold = f.split_threshold.unwrap_or(ByteSize(256 << 20)).0;
+        let split_threshold = f.split_threshold.unwrap_or(ByteSize(64 << 20)).0;
         if split_threshold < (1 << 20) {
             return Err(Error::config(format!(
                 "full_load.split_threshold: {} is too small",
                 ByteSize(split_threshold)
             ))
-            .with_hint("use at least 1MB; 256MB suits most tables"));
+            .with_hint("use at least 1MB; the default 64MB suits most tables"));
         }
         let fetch_size = f.fetch_size.unwrap_or(10_000) as usize;
         if !(1..=1_000_000).contains(&fetch_size) {
@@ -379,7 +379,11 @@ fn parse_raw(text: &str) -> Result<RawTask> {
                 msg = msg[idx + 2..].to_string();
             }
         }
-        let msg = msg.lines().next().unwrap_or("").to_string();
+        let mut msg = msg.lines().next().unwrap_or("").to_string();
+        // The location is printed once, below.
+        if let Some(idx) = msg.rfind(" at line ") {
+            msg.truncate(idx);
+        }
         let path = path.into_inner();
         let at = if path.is_empty() || path == "." {
             String::new()

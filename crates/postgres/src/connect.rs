@@ -153,7 +153,16 @@ pub fn classify(e: tokio_postgres::Error, what: &str) -> Error {
         }
         return err;
     }
-    let text = e.to_string();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
     let io_kind = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .map(|io| io.kind());

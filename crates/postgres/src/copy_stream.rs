@@ -117,10 +117,46 @@ impl BinaryRowCounter {
         }
     }
 
+    /// Walk whole tuples that lie entirely inside `data[pos..]` without going through the
+    /// state machine; returns the position of the first tuple that is cut off (or the trailer).
+    fn fast_tuples(&mut self, data: &[u8], mut pos: usize) -> std::result::Result<usize, String> {
+        loop {
+            let Some(head) = data.get(pos..pos + 2) else {
+                return Ok(pos);
+            };
+            let n = i16::from_be_bytes([head[0], head[1]]);
+            if n < 0 {
+                return Ok(pos);
+            }
+            let mut p = pos + 2;
+            for _ in 0..n {
+                let Some(len) = data.get(p..p + 4) else {
+                    return Ok(pos);
+                };
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                if len < -1 {
+                    return Err(format!("binary COPY field has length {len}"));
+                }
+                p += 4 + len.max(0) as usize;
+                if p > data.len() {
+                    return Ok(pos);
+                }
+            }
+            self.rows += 1;
+            pos = p;
+        }
+    }
+
     /// Feed the next piece of the stream.
     pub fn feed(&mut self, data: &[u8]) -> std::result::Result<(), String> {
         let mut pos = 0;
         while pos < data.len() {
+            if self.state == BinState::TupleStart && self.have == 0 {
+                pos = self.fast_tuples(data, pos)?;
+                if pos >= data.len() {
+                    break;
+                }
+            }
             match self.state {
                 BinState::Header => {
                     if self.gather(data, &mut pos, 19) {

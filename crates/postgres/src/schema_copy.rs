@@ -34,7 +34,6 @@ use crate::programs::BinDir;
 use pgtide_core::endpoint::{ConnUrl, Host};
 use pgtide_core::ident::quote_ident;
 use pgtide_core::{Error, ErrorKind, Result};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
@@ -88,7 +87,8 @@ pub struct TocEntry {
     pub desc: String,
     /// Schema, `None` for `-`.
     pub schema: Option<String>,
-    /// Tag without the owner (`payment payment_pkey` for a constraint).
+    /// Tag without the owner (`payment payment_pkey` for a constraint). Ambiguous when names
+    /// contain spaces: use it for messages, and the script's segment headers for matching.
     pub tag: String,
 }
 
@@ -416,21 +416,6 @@ impl Script {
         }
         Ok(Script { preamble, segments })
     }
-
-    /// The segment for an entry, looked up by type, schema and tag.
-    pub fn find(&self, desc: &str, schema: Option<&str>, name: &str) -> Option<&Segment> {
-        self.segments
-            .iter()
-            .find(|s| s.desc == desc && s.schema.as_deref() == schema && s.name == name)
-    }
-
-    /// Segments by (type, schema, name), for mapping archive entries to their SQL.
-    pub fn by_key(&self) -> HashMap<(String, Option<String>, String), &Segment> {
-        self.segments
-            .iter()
-            .map(|s| ((s.desc.clone(), s.schema.clone(), s.name.clone()), s))
-            .collect()
-    }
 }
 
 /// `Name: <tag>; Type: <desc>; Schema: <schema>; Owner: <owner>` → (tag, desc, schema).
@@ -525,12 +510,9 @@ mod tests {
             "body lines stay in the body"
         );
         assert_eq!(s.segments[1].name, "t t_pkey");
-        assert!(
-            s.find("CONSTRAINT", Some("public"), "t t_pkey")
-                .unwrap()
-                .sql
-                .contains("PRIMARY KEY")
-        );
+        assert_eq!(s.segments[1].desc, "CONSTRAINT");
+        assert_eq!(s.segments[1].schema.as_deref(), Some("public"));
+        assert!(s.segments[1].sql.contains("PRIMARY KEY"));
         assert!(!s.segments[1].sql.contains("unrestrict"));
         assert!(Script::parse("\\connect other\n").is_err());
     }

@@ -379,18 +379,38 @@ pub async fn read_plan<C: GenericClient>(client: &C, task: &str) -> Result<Vec<T
     Ok(tables)
 }
 
+/// A chunk that was just loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkDone<'a> {
+    /// Source schema.
+    pub schema: &'a str,
+    /// Source table.
+    pub table: &'a str,
+    /// Chunk number.
+    pub chunk: i32,
+    /// Rows loaded.
+    pub rows: u64,
+    /// COPY bytes moved.
+    pub bytes: u64,
+    /// Seconds the chunk took.
+    pub seconds: f64,
+}
+
 /// Mark a chunk done (inside the transaction that loaded it). Returns true when it was the
 /// table's last chunk, in which case the table is marked `copied` with its totals.
 pub async fn chunk_done<C: GenericClient>(
     client: &C,
     task: &str,
-    schema: &str,
-    table: &str,
-    chunk: i32,
-    rows: u64,
-    bytes: u64,
-    seconds: f64,
+    done: &ChunkDone<'_>,
 ) -> Result<bool> {
+    let ChunkDone {
+        schema,
+        table,
+        chunk,
+        rows,
+        bytes,
+        seconds,
+    } = *done;
     let err = |e| classify(e, "recording a finished chunk on the target");
     let n = client
         .execute(
