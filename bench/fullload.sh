@@ -9,7 +9,8 @@
 # Source: pgbench scale $SCALE (~750 MB at 50) plus a $WIDE_ROWS-row wide table with
 # text/jsonb/numeric/timestamptz (~650 MB at 2M). Every tool loads into a fresh empty database.
 # Prints each time as a ratio to pgtide's, pgtide's data phase against the raw pipe, and
-# pgtide's peak RSS. Installs PostgreSQL, pgcopydb and GNU time when missing.
+# pgtide's peak RSS. Each tool runs $REPS times (default 2), interleaved; the best time counts.
+# Installs PostgreSQL, pgcopydb and GNU time when missing.
 #
 #   bench/fullload.sh                    # the full-size run from the issue
 #   SCALE=5 WIDE_ROWS=200000 bench/fullload.sh   # a quick one
@@ -25,6 +26,7 @@ SCALE=${SCALE:-50}
 WIDE_ROWS=${WIDE_ROWS:-2000000}
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-4}
+REPS=${REPS:-2}
 WORK=${BENCH_DIR:-/tmp/pgtide-bench}
 BIN=${PGTIDE_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 SPORT=${SPORT:-55432}
@@ -64,6 +66,7 @@ pdst() { "$BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$WORK" -p "$DPORT" -U po
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+best() { if [ -z "$1" ]; then echo "$2"; else awk -v a="$1" -v b="$2" 'BEGIN { print (b < a ? b : a) }'; fi; }
 
 echo "==> building the source: pgbench scale $SCALE + $WIDE_ROWS wide rows"
 "$BIN/psql" -X -q -h "$WORK" -p "$SPORT" -U postgres -d postgres -c "CREATE DATABASE bench"
@@ -103,8 +106,6 @@ check_counts() { # tool
     done
 }
 
-echo "==> pgtide (threads=$THREADS)"
-fresh_target
 cat > "$WORK/task.yaml" <<YAML
 name: bench
 source: { url: "$SRC" }
@@ -112,46 +113,64 @@ target: { url: "$DST" }
 mode: full-load
 full_load: { threads: $THREADS${PGTIDE_FULL_LOAD:+, $PGTIDE_FULL_LOAD} }
 YAML
-/usr/bin/time -f "%e %M" -o "$WORK/pgtide.time" "$PGTIDE" --progress none --quiet run "$WORK/task.yaml" >"$WORK/pgtide.out"
-read -r T_PGTIDE RSS_KB <"$WORK/pgtide.time"
-T_DATA=$(grep -o 'data [0-9.]* s' "$WORK/pgtide.out" | awk '{print $2}')
-check_counts pgtide
-echo "    total ${T_PGTIDE}s, data phase ${T_DATA}s, peak RSS $((RSS_KB / 1024)) MB"
-
-echo "==> raw COPY binary pipe, $JOBS tables at a time"
-fresh_target
-"$BIN/pg_dump" --schema-only --section=pre-data -h "$WORK" -p "$SPORT" -U postgres bench | pdst >/dev/null
 TABLES=$(psrc -c "SELECT quote_ident(relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY pg_relation_size(oid) DESC")
 export BIN WORK SPORT DPORT
-t0=$(now)
-echo "$TABLES" | xargs -P "$JOBS" -I{} sh -c \
-    '"$BIN/psql" -X -q -h "$WORK" -p "$SPORT" -U postgres -d bench -c "COPY {} TO STDOUT (FORMAT binary)" | "$BIN/psql" -X -q -h "$WORK" -p "$DPORT" -U postgres -d bench -c "COPY {} FROM STDIN (FORMAT binary)"'
-T_RAW=$(secs "$t0" "$(now)")
-check_counts raw
-echo "    ${T_RAW}s"
 
-echo "==> pg_dump -Fd -j$JOBS + pg_restore -j$JOBS"
-fresh_target
-t0=$(now)
-"$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dump" -h "$WORK" -p "$SPORT" -U postgres bench
-"$BIN/pg_restore" -j "$JOBS" -d bench -h "$WORK" -p "$DPORT" -U postgres "$WORK/dump"
-T_DUMP=$(secs "$t0" "$(now)")
-rm -rf "$WORK/dump"
-check_counts pg_dump
-echo "    ${T_DUMP}s"
+run_pgtide() {
+    fresh_target
+    /usr/bin/time -f "%e %M" -o "$WORK/pgtide.time" "$PGTIDE" --progress none --quiet run "$WORK/task.yaml" >"$WORK/pgtide.out"
+    read -r t rss <"$WORK/pgtide.time"
+    d=$(grep -o 'data [0-9.]* s' "$WORK/pgtide.out" | awk '{print $2}')
+    check_counts pgtide
+    echo "    pgtide: total ${t}s, data phase ${d}s, peak RSS $((rss / 1024)) MB"
+    T_PGTIDE=$(best "${T_PGTIDE:-}" "$t"); T_DATA=$(best "${T_DATA:-}" "$d")
+    RSS_KB=$(( rss > ${RSS_KB:-0} ? rss : ${RSS_KB:-0} ))
+}
+run_raw() {
+    fresh_target
+    "$BIN/pg_dump" --schema-only --section=pre-data -h "$WORK" -p "$SPORT" -U postgres bench | pdst >/dev/null
+    t0=$(now)
+    echo "$TABLES" | xargs -P "$JOBS" -I{} sh -c \
+        '"$BIN/psql" -X -q -h "$WORK" -p "$SPORT" -U postgres -d bench -c "COPY {} TO STDOUT (FORMAT binary)" | "$BIN/psql" -X -q -h "$WORK" -p "$DPORT" -U postgres -d bench -c "COPY {} FROM STDIN (FORMAT binary)"'
+    t=$(secs "$t0" "$(now)")
+    check_counts raw
+    echo "    raw COPY pipe: ${t}s"
+    T_RAW=$(best "${T_RAW:-}" "$t")
+}
+run_dump() {
+    fresh_target
+    t0=$(now)
+    "$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dump" -h "$WORK" -p "$SPORT" -U postgres bench
+    "$BIN/pg_restore" -j "$JOBS" -d bench -h "$WORK" -p "$DPORT" -U postgres "$WORK/dump"
+    t=$(secs "$t0" "$(now)")
+    rm -rf "$WORK/dump"
+    check_counts pg_dump
+    echo "    pg_dump + pg_restore: ${t}s"
+    T_DUMP=$(best "${T_DUMP:-}" "$t")
+}
+run_pgcopydb() {
+    fresh_target
+    rm -rf "$WORK/pgcopydb"
+    t0=$(now)
+    pgcopydb clone --source "$SRC" --target "$DST" --table-jobs "$JOBS" --index-jobs "$JOBS" \
+        --dir "$WORK/pgcopydb" >"$WORK/pgcopydb.log" 2>&1 || { tail -20 "$WORK/pgcopydb.log"; exit 1; }
+    t=$(secs "$t0" "$(now)")
+    check_counts pgcopydb
+    echo "    pgcopydb: ${t}s"
+    T_PGCOPYDB=$(best "${T_PGCOPYDB:-}" "$t")
+}
 
-echo "==> pgcopydb clone --table-jobs $JOBS --index-jobs $JOBS"
-fresh_target
-t0=$(now)
-PGCOPYDB_DIR="$WORK/pgcopydb" pgcopydb clone --source "$SRC" --target "$DST" --table-jobs "$JOBS" \
-    --index-jobs "$JOBS" --dir "$WORK/pgcopydb" >"$WORK/pgcopydb.log" 2>&1 || { tail -20 "$WORK/pgcopydb.log"; exit 1; }
-T_PGCOPYDB=$(secs "$t0" "$(now)")
-check_counts pgcopydb
-echo "    ${T_PGCOPYDB}s"
+# Each tool runs $REPS times, interleaved, and its best time counts: whichever tool runs right
+# after the source is built (or after another tool) must not pay for the other's write-back.
+sync; sleep 5
+for rep in $(seq 1 "$REPS"); do
+    echo "==> round $rep of $REPS"
+    run_pgtide; run_raw; run_dump; run_pgcopydb
+done
 
 cat <<EOF
 
-full load of a $SIZE database on $(nproc) cores (times in seconds; ratio = tool / pgtide)
+full load of a $SIZE database on $(nproc) cores (best of $REPS, seconds; ratio = tool / pgtide)
   pgtide run (threads $THREADS)            $T_PGTIDE   1.00
   pgcopydb clone ($JOBS+$JOBS jobs)          $T_PGCOPYDB   $(ratio "$T_PGCOPYDB" "$T_PGTIDE")
   pg_dump -j$JOBS + pg_restore -j$JOBS       $T_DUMP   $(ratio "$T_DUMP" "$T_PGTIDE")

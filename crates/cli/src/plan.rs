@@ -509,7 +509,26 @@ fn collect_type_schemas(schema: &Schema, oid: u32, out: &mut BTreeSet<String>, d
     }
 }
 
-/// A stable 64-bit FNV-1a hash, printed as hex: the task's configuration fingerprint.
+/// The settings that decide what an unfinished load's recorded state means: a resume with
+/// different ones would mix two tasks' results, so it is refused.
+pub fn task_fingerprint(task: &Task) -> String {
+    let patterns = |ps: &[pgtide_core::selection::TablePattern]| {
+        ps.iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join("\u{1}")
+    };
+    fingerprint(&[
+        &task.source.url.redacted(),
+        task.mode.as_str(),
+        task.full_load.table_preparation.as_str(),
+        &format!("{:?}", task.full_load.copy_format),
+        &patterns(&task.tables.include),
+        &patterns(&task.tables.exclude),
+    ])
+}
+
+/// A stable 64-bit FNV-1a hash, printed as hex.
 pub fn fingerprint(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {

@@ -3,7 +3,10 @@
 //! Two kinds of job share one pool of workers:
 //!
 //! - **copy** jobs, one per chunk, largest tables first (a big table started last would leave
-//!   one worker alone at the end);
+//!   one worker alone at the end), and preferably of a table no other worker is copying:
+//!   concurrent COPYs into one table contend for its relation-extension lock (PostgreSQL 15
+//!   and older scale badly there), while COPYs into different tables do not. Several workers
+//!   share a table only when no other table has chunks left;
 //! - **DDL** jobs (index, constraint, `ANALYZE`), each released as soon as what it needs is in:
 //!   a table's indexes when its last chunk commits; *late* jobs (a foreign key, `ANALYZE`) when
 //!   the tables they touch are *built*: copied, with every non-late DDL job done.
@@ -56,6 +59,8 @@ struct Inner<C, D> {
     ddl_left: HashMap<u32, usize>,
     /// Keys of DDL jobs that are done.
     done: std::collections::HashSet<String>,
+    /// Copy jobs running, per table.
+    copying: HashMap<u32, usize>,
     running: usize,
     stopped: bool,
 }
@@ -113,6 +118,7 @@ impl<C, D> Scheduler<C, D> {
             build_left,
             ddl_left,
             done,
+            copying: HashMap::new(),
             running: 0,
             stopped: false,
         };
@@ -132,8 +138,13 @@ impl<C, D> Scheduler<C, D> {
                 if g.stopped {
                     return None;
                 }
-                if let Some((_, c)) = g.copies.pop_front() {
+                let idle_table = g
+                    .copies
+                    .iter()
+                    .position(|(t, _)| g.copying.get(t).copied().unwrap_or(0) == 0);
+                if let Some((t, c)) = g.copies.remove(idle_table.unwrap_or(0)) {
                     g.running += 1;
+                    *g.copying.entry(t).or_default() += 1;
                     return Some(Job::Copy(c));
                 }
                 if let Some((_, _, _, d)) = g.ready.pop_front() {
@@ -155,6 +166,9 @@ impl<C, D> Scheduler<C, D> {
     pub fn copy_done(&self, table: u32) -> Released {
         let mut g = self.inner.lock().expect("scheduler lock");
         g.running -= 1;
+        if let Some(n) = g.copying.get_mut(&table) {
+            *n = n.saturating_sub(1);
+        }
         let mut out = Released::default();
         if let Some(n) = g.chunks_left.get_mut(&table) {
             *n -= 1;
@@ -298,6 +312,38 @@ mod tests {
         assert_eq!(order, vec!["idx2", "idx1", "fk21"]);
         assert!(s.next().await.is_none());
         assert_eq!(s.stranded(), 0);
+    }
+
+    #[tokio::test]
+    async fn workers_spread_over_tables_before_sharing_one() {
+        let s: Scheduler<&str, &str> = Scheduler::new(
+            vec![(1, "a0"), (1, "a1"), (1, "a2"), (2, "b0"), (2, "b1")],
+            vec![],
+            &[1, 2],
+            Default::default(),
+        );
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            match s.next().await.unwrap() {
+                Job::Copy(c) => got.push(c),
+                _ => panic!(),
+            }
+        }
+        assert_eq!(
+            got,
+            vec!["a0", "b0"],
+            "the second worker takes the other table"
+        );
+        s.copy_done(1);
+        match s.next().await.unwrap() {
+            Job::Copy(c) => assert_eq!(c, "a1"),
+            _ => panic!(),
+        }
+        // Table 2 is still being copied, table 1 too: a third worker doubles up on the largest.
+        match s.next().await.unwrap() {
+            Job::Copy(c) => assert_eq!(c, "a2"),
+            _ => panic!(),
+        }
     }
 
     #[tokio::test]

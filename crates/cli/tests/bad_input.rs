@@ -285,4 +285,36 @@ fn selection_and_target_conflicts_stop_before_any_data_moves() {
             .unwrap(),
         "10|v"
     );
+
+    // Large objects are not copied: the default stops before loading; skip says so in the report.
+    pair.source
+        .psql("src", "SELECT lo_from_bytea(0, 'a large object')")
+        .unwrap();
+    pair.target.create_database("lo").unwrap();
+    let task = task_file(
+        dir.path(),
+        "lo",
+        &task_yaml("lo", &pair.source.url("src"), &pair.target.url("lo"), ""),
+    );
+    let (_, stderr) = run_err(&task);
+    assert!(
+        stderr.contains("1 large objects") && stderr.contains("large_objects: skip"),
+        "{stderr}"
+    );
+    target_untouched(&pair.target, "lo");
+    let task = task_file(
+        dir.path(),
+        "lo",
+        &task_yaml(
+            "lo",
+            &pair.source.url("src"),
+            &pair.target.url("lo"),
+            "full_load: { large_objects: skip }\n",
+        ),
+    );
+    let out = run_ok(&task);
+    assert!(
+        out.contains("warning: 1 large objects are not copied"),
+        "{out}"
+    );
 }

@@ -23,6 +23,10 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
     /// Use this program directory instead of the newest one found.
     pub bin: Option<BinDir>,
+    /// Serve TLS with this certificate and key (PEM files; copied into the server's directory).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Replace `pg_hba.conf` with these lines.
+    pub hba: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -33,6 +37,8 @@ impl Default for PgOptions {
             password: None,
             settings: Vec::new(),
             bin: None,
+            tls: None,
+            hba: None,
         }
     }
 }
@@ -193,6 +199,20 @@ impl PgServer {
         }
         for (k, v) in &self.options.settings {
             conf.push_str(&format!("{k} = {v}\n"));
+        }
+        if let Some((cert, key)) = &self.options.tls {
+            for (src, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let dst = self.data_dir().join(name);
+                fs::copy(src, &dst)?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(0o600))?;
+                if let Some((uid, gid)) = self.run_as {
+                    std::os::unix::fs::chown(&dst, Some(uid), Some(gid))?;
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        if let Some(hba) = &self.options.hba {
+            fs::write(self.data_dir().join("pg_hba.conf"), hba)?;
         }
         fs::OpenOptions::new()
             .append(true)

@@ -88,26 +88,7 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
     state::lock_task(&target, &task.name).await?;
 
     let prep = task.full_load.table_preparation;
-    let fingerprint = plan::fingerprint(&[
-        &task.source.url.redacted(),
-        task.mode.as_str(),
-        prep.as_str(),
-        &format!("{:?}", task.full_load.copy_format),
-        &task
-            .tables
-            .include
-            .iter()
-            .map(|p| p.as_str())
-            .collect::<Vec<_>>()
-            .join("\u{1}"),
-        &task
-            .tables
-            .exclude
-            .iter()
-            .map(|p| p.as_str())
-            .collect::<Vec<_>>()
-            .join("\u{1}"),
-    ]);
+    let fingerprint = plan::task_fingerprint(task);
     let state_exists: bool = target
         .query_one("SELECT to_regclass('pgtide.task') IS NOT NULL", &[])
         .await
