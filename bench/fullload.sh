@@ -100,9 +100,10 @@ fresh_target() {
     sync
 }
 check_counts() { # tool
-    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history wide; do
-        a=$(psrc -c "SELECT count(*) FROM $t"); b=$(pdst -c "SELECT count(*) FROM $t")
-        if [ "$a" != "$b" ]; then echo "    WARNING: $1 left $t with $b rows, source has $a" >&2; fi
+    local tbl a b
+    for tbl in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history wide; do
+        a=$(psrc -c "SELECT count(*) FROM $tbl"); b=$(pdst -c "SELECT count(*) FROM $tbl")
+        if [ "$a" != "$b" ]; then echo "    WARNING: $1 left $tbl with $b rows, source has $a" >&2; fi
     done
 }
 
@@ -117,6 +118,7 @@ TABLES=$(psrc -c "SELECT quote_ident(relname) FROM pg_class WHERE relkind = 'r' 
 export BIN WORK SPORT DPORT
 
 run_pgtide() {
+    local t t0 d rss
     fresh_target
     /usr/bin/time -f "%e %M" -o "$WORK/pgtide.time" "$PGTIDE" --progress none --quiet run "$WORK/task.yaml" >"$WORK/pgtide.out"
     read -r t rss <"$WORK/pgtide.time"
@@ -127,6 +129,7 @@ run_pgtide() {
     RSS_KB=$(( rss > ${RSS_KB:-0} ? rss : ${RSS_KB:-0} ))
 }
 run_raw() {
+    local t t0 d rss
     fresh_target
     "$BIN/pg_dump" --schema-only --section=pre-data -h "$WORK" -p "$SPORT" -U postgres bench | pdst >/dev/null
     t0=$(now)
@@ -138,6 +141,7 @@ run_raw() {
     T_RAW=$(best "${T_RAW:-}" "$t")
 }
 run_dump() {
+    local t t0 d rss
     fresh_target
     t0=$(now)
     "$BIN/pg_dump" -Fd -j "$JOBS" -f "$WORK/dump" -h "$WORK" -p "$SPORT" -U postgres bench
@@ -149,6 +153,7 @@ run_dump() {
     T_DUMP=$(best "${T_DUMP:-}" "$t")
 }
 run_pgcopydb() {
+    local t t0 d rss
     fresh_target
     rm -rf "$WORK/pgcopydb"
     t0=$(now)

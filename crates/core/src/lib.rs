@@ -6,6 +6,7 @@
 //! - [`endpoint`]: connection URLs, parsed once, printable without their secrets.
 //! - [`ident`]: identifier quoting and qualified names. Every identifier that reaches SQL goes
 //!   through here.
+//! - [`lsn`]: WAL positions.
 //! - [`selection`]: include/exclude patterns that follow PostgreSQL's identifier rules.
 //! - [`schema`]: the source schema model produced by introspection and consumed by planning,
 //!   DDL and loading.
@@ -17,6 +18,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod ident;
+pub mod lsn;
 pub mod schema;
 pub mod selection;
 pub mod size;

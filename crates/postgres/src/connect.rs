@@ -108,50 +108,7 @@ where
 /// `what: server message`, hint from the server or from what the code means.
 pub fn classify(e: tokio_postgres::Error, what: &str) -> Error {
     if let Some(db) = e.as_db_error() {
-        let code = db.code().code().to_string();
-        let (kind, hint): (ErrorKind, Option<&str>) = match code.as_str() {
-            "28P01" | "28000" => (
-                ErrorKind::Auth,
-                Some(
-                    "check the user and password (URL, password_env, password_file, PGPASSWORD or ~/.pgpass) and pg_hba.conf",
-                ),
-            ),
-            "42501" => (
-                ErrorKind::Auth,
-                Some("grant the missing privilege to the task's user, or use a user that has it"),
-            ),
-            "3D000" => (
-                ErrorKind::NotFound,
-                Some(
-                    "create the database first (CREATE DATABASE ...) or fix the database name in the URL",
-                ),
-            ),
-            "42P01" | "42704" | "42883" | "3F000" => (ErrorKind::NotFound, None),
-            "53300" => (
-                ErrorKind::Transient,
-                Some(
-                    "the server has too many connections; lower full_load.threads or raise max_connections",
-                ),
-            ),
-            "57P01" | "57P02" | "57P03" | "57P05" => (ErrorKind::Connection, None),
-            "40001" | "40P01" | "55P03" => (ErrorKind::Transient, None),
-            "0A000" => (ErrorKind::Unsupported, None),
-            "23505" | "23503" | "23514" | "23P01" | "42P07" | "42710" => {
-                (ErrorKind::Conflict, None)
-            }
-            c if c.starts_with("08") => (ErrorKind::Connection, None),
-            c if c.starts_with("53") => (ErrorKind::Transient, None),
-            _ => (ErrorKind::Database, None),
-        };
-        let mut msg = format!("{what}: {} (SQLSTATE {code})", db.message());
-        if let Some(d) = db.detail() {
-            msg.push_str(&format!("; {d}"));
-        }
-        let mut err = Error::new(kind, msg);
-        if let Some(h) = db.hint().or(hint) {
-            err = err.with_hint(h);
-        }
-        return err;
+        return classify_server_error(db.code().code(), db.message(), db.detail(), db.hint(), what);
     }
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -214,6 +171,60 @@ pub fn classify(e: tokio_postgres::Error, what: &str) -> Error {
     Error::new(kind, format!("{what}: {text}"))
         .with_source(e)
         .with_hint(hint)
+}
+
+/// Map a server error (SQLSTATE, message, detail, hint) to a pgtide error. Shared by driver
+/// connections and the replication client.
+pub fn classify_server_error(
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    server_hint: Option<&str>,
+    what: &str,
+) -> Error {
+    let (kind, hint): (ErrorKind, Option<&str>) = match code {
+        "28P01" | "28000" => (
+            ErrorKind::Auth,
+            Some(
+                "check the user and password (URL, password_env, password_file, PGPASSWORD or ~/.pgpass) and pg_hba.conf",
+            ),
+        ),
+        "42501" => (
+            ErrorKind::Auth,
+            Some("grant the missing privilege to the task's user, or use a user that has it"),
+        ),
+        "3D000" => (
+            ErrorKind::NotFound,
+            Some(
+                "create the database first (CREATE DATABASE ...) or fix the database name in the URL",
+            ),
+        ),
+        "42P01" | "42704" | "42883" | "3F000" => (ErrorKind::NotFound, None),
+        "53300" => (
+            ErrorKind::Transient,
+            Some(
+                "the server has too many connections; lower full_load.threads or raise max_connections",
+            ),
+        ),
+        "57P01" | "57P02" | "57P03" | "57P05" => (ErrorKind::Connection, None),
+        "40001" | "40P01" | "55P03" => (ErrorKind::Transient, None),
+        "0A000" => (ErrorKind::Unsupported, None),
+        "23505" | "23503" | "23514" | "23P01" | "42P07" | "42710" => (ErrorKind::Conflict, None),
+        "55000" => (ErrorKind::Prerequisite, None),
+        "55006" => (ErrorKind::Conflict, None),
+        c if c.starts_with("08") => (ErrorKind::Connection, None),
+        c if c.starts_with("53") => (ErrorKind::Transient, None),
+        _ => (ErrorKind::Database, None),
+    };
+    let mut msg = format!("{what}: {message} (SQLSTATE {code})");
+    if let Some(d) = detail {
+        msg.push_str(&format!("; {d}"));
+    }
+    let mut err = Error::new(kind, msg);
+    if let Some(h) = server_hint.or(hint) {
+        err = err.with_hint(h);
+    }
+    err
 }
 
 /// Run `f` with retries while it fails with a retryable error, waiting 1, 2, 4, ... up to 30

@@ -10,12 +10,19 @@
 //! - [`schema_copy`]: the schema through `pg_dump`, executed by pgtide entry by entry.
 //! - [`copy_stream`]: COPY bytes from source to target without decoding rows.
 //! - [`state`]: pgtide's progress tables on the target.
+//! - [`replication`]: the replication protocol client (slots, the WAL stream, status updates).
+//! - [`pgoutput`]: a pure decoder of logical replication messages.
+//! - [`changes`]: pgoutput messages to committed transactions in commit order (streamed
+//!   transactions spooled to disk).
 
+pub mod changes;
 pub mod compare;
 pub mod connect;
 pub mod copy_stream;
 pub mod introspect;
+pub mod pgoutput;
 pub mod programs;
+pub mod replication;
 pub mod schema_copy;
 pub mod snapshot;
 pub mod state;

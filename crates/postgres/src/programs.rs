@@ -32,12 +32,8 @@ impl BinDir {
 pub fn parse_major(version_output: &str) -> Option<u32> {
     let after = version_output.split(')').nth(1)?.trim();
     let num = after.split_whitespace().next()?;
-    let major: u32 = num
-        .split('.')
-        .next()?
-        .trim_end_matches(|c: char| !c.is_ascii_digit())
-        .parse()
-        .ok()?;
+    let digits: String = num.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let major: u32 = digits.parse().ok()?;
     Some(major)
 }
 

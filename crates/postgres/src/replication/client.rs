@@ -1,0 +1,503 @@
+//! A thin client for PostgreSQL's replication protocol.
+//!
+//! tokio-postgres cannot open a replication connection (a normal startup with
+//! `replication=database` whose `START_REPLICATION` switches the connection into CopyBoth mode),
+//! so pgtide speaks that part of the protocol itself: startup and authentication (cleartext,
+//! MD5, SCRAM-SHA-256 from `postgres-protocol`), TLS through the same rustls configuration as
+//! every other connection (so `sslmode`, `sslrootcert` and client certificates behave alike),
+//! the simple query protocol for replication commands, and the stream itself.
+//!
+//! ```text
+//!   client                                   server (walsender)
+//!   StartupMessage(replication=database) ──►
+//!                                        ◄── Authentication*, ParameterStatus*, ReadyForQuery
+//!   Query(CREATE_REPLICATION_SLOT ...)   ──►
+//!                                        ◄── RowDescription, DataRow, CommandComplete, ReadyForQuery
+//!   Query(START_REPLICATION ...)         ──►
+//!                                        ◄── CopyBothResponse
+//!                                        ◄── CopyData('w' XLogData | 'k' keepalive) ...
+//!   CopyData('r' standby status update)  ──►   (at least every wal_sender_timeout / 2)
+//! ```
+//!
+//! Reading is cancel-safe (bytes go into our buffer before they are parsed), so the stream
+//! loop can `select!` between the next message and its timers.
+
+use super::wire::{self, AuthRequest, Backend, ServerError, StreamMessage};
+use crate::connect::{Side, classify_server_error};
+use bytes::{Bytes, BytesMut};
+use pgtide_core::endpoint::{ConnUrl, Host, SslMode};
+use pgtide_core::lsn::Lsn;
+use pgtide_core::{Error, ErrorKind, Result};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open replication connection (before or during streaming).
+pub struct ReplicationClient {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    what: String,
+    server_version: u32,
+}
+
+/// A slot created with `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone)]
+pub struct CreatedSlot {
+    /// Slot name.
+    pub name: String,
+    /// The LSN from which the slot streams: every transaction committing after it.
+    pub consistent_point: Lsn,
+    /// The exported snapshot, valid until this connection runs its next command.
+    pub snapshot: Option<String>,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Connection, format!("{what}: {e}"))
+        .with_hint("check that the server is running and reachable; pgtide reconnects where it can")
+}
+
+fn wire_err(what: &str, e: wire::WireError) -> Error {
+    Error::new(ErrorKind::Connection, format!("{what}: {e}"))
+}
+
+fn server_err(what: &str, e: &ServerError) -> Error {
+    classify_server_error(
+        &e.code,
+        &e.message,
+        e.detail.as_deref(),
+        e.hint.as_deref(),
+        what,
+    )
+}
+
+impl ReplicationClient {
+    /// Connect with `replication=database` and authenticate.
+    pub async fn connect(url: &ConnUrl, side: Side) -> Result<Self> {
+        let what = format!("cannot open a replication connection to the {side} {url}");
+        let timeout = Duration::from_secs(url.connect_timeout.unwrap_or(15));
+        let io: Box<dyn Io> = match &url.host {
+            Host::Socket(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", url.port));
+                let s = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path))
+                    .await
+                    .map_err(|_| Error::new(ErrorKind::Connection, format!("{what}: timed out")))?
+                    .map_err(|e| io_err(&what, e))?;
+                Box::new(s)
+            }
+            Host::Tcp(host) => {
+                let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), url.port)))
+                    .await
+                    .map_err(|_| {
+                        Error::new(ErrorKind::Connection, format!("{what}: timed out after {}s", timeout.as_secs()))
+                            .with_hint("check that the host is reachable and the port is open (firewall, security group)")
+                    })?
+                    .map_err(|e| io_err(&what, e))?;
+                let _ = tcp.set_nodelay(true);
+                Self::maybe_tls(tcp, url, host, &what).await?
+            }
+        };
+        let mut c = ReplicationClient {
+            io,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::new(),
+            what,
+            server_version: 0,
+        };
+        c.startup(url).await?;
+        Ok(c)
+    }
+
+    async fn maybe_tls(
+        mut tcp: tokio::net::TcpStream,
+        url: &ConnUrl,
+        host: &str,
+        what: &str,
+    ) -> Result<Box<dyn Io>> {
+        let Some(config) = crate::tls::client_config(url)? else {
+            return Ok(Box::new(tcp));
+        };
+        let mut buf = BytesMut::new();
+        frontend::ssl_request(&mut buf);
+        tcp.write_all(&buf).await.map_err(|e| io_err(what, e))?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(|e| io_err(what, e))?;
+        match answer[0] {
+            b'S' => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Config,
+                            format!("{what}: host {host:?} is not a valid TLS server name: {e}"),
+                        )
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Prerequisite,
+                            format!("{what}: TLS handshake failed: {e}"),
+                        )
+                        .with_hint(
+                            "check sslmode and the certificates (sslrootcert, sslcert, sslkey)",
+                        )
+                    })?;
+                Ok(Box::new(tls))
+            }
+            b'N' if url.sslmode == SslMode::Prefer => Ok(Box::new(tcp)),
+            b'N' => Err(Error::new(
+                ErrorKind::Prerequisite,
+                format!("{what}: the server does not accept TLS connections"),
+            )
+            .with_hint("enable ssl on the server, or use sslmode=prefer or disable")),
+            other => Err(Error::new(
+                ErrorKind::Connection,
+                format!("{what}: unexpected answer 0x{other:02x} to the TLS request"),
+            )),
+        }
+    }
+
+    async fn startup(&mut self, url: &ConnUrl) -> Result<()> {
+        let app = url
+            .application_name
+            .clone()
+            .unwrap_or_else(|| "pgtide".into());
+        let params = [
+            ("user", url.user.as_str()),
+            ("database", url.database.as_str()),
+            ("replication", "database"),
+            ("application_name", app.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
+            .map_err(|e| io_err(&self.what, e))?;
+        self.flush().await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.next_backend().await? {
+                Backend::Auth(AuthRequest::Ok) => {}
+                Backend::Auth(AuthRequest::Cleartext) => {
+                    let pw = self.password(url)?;
+                    frontend::password_message(pw.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| io_err(&self.what, e))?;
+                    self.flush().await?;
+                }
+                Backend::Auth(AuthRequest::Md5(salt)) => {
+                    let pw = self.password(url)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        url.user.as_bytes(),
+                        pw.as_bytes(),
+                        salt,
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| io_err(&self.what, e))?;
+                    self.flush().await?;
+                }
+                Backend::Auth(AuthRequest::Sasl(mechanisms)) => {
+                    if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                        return Err(Error::new(
+                            ErrorKind::Auth,
+                            format!(
+                                "{}: the server offers only SASL mechanisms {mechanisms:?}",
+                                self.what
+                            ),
+                        )
+                        .with_hint("allow scram-sha-256 for this user in pg_hba.conf"));
+                    }
+                    let pw = self.password(url)?;
+                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                        .map_err(|e| io_err(&self.what, e))?;
+                    scram = Some(s);
+                    self.flush().await?;
+                }
+                Backend::Auth(AuthRequest::SaslContinue(data)) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Auth,
+                            format!("{}: unexpected SASL message", self.what),
+                        )
+                    })?;
+                    s.update(&data).map_err(|e| {
+                        Error::new(ErrorKind::Auth, format!("{}: SCRAM failed: {e}", self.what))
+                    })?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf)
+                        .map_err(|e| io_err(&self.what, e))?;
+                    self.flush().await?;
+                }
+                Backend::Auth(AuthRequest::SaslFinal(data)) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Auth,
+                            format!("{}: unexpected SASL message", self.what),
+                        )
+                    })?;
+                    s.finish(&data).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Auth,
+                            format!("{}: the server's SCRAM proof is wrong: {e}", self.what),
+                        )
+                    })?;
+                }
+                Backend::Auth(AuthRequest::Unsupported(code)) => {
+                    return Err(Error::new(ErrorKind::Auth, format!("{}: authentication method {code} is not supported", self.what))
+                        .with_hint("use password, md5 or scram-sha-256 authentication for this user in pg_hba.conf"));
+                }
+                Backend::Error(e) => return Err(server_err(&self.what, &e)),
+                Backend::ReadyForQuery => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    fn password(&self, url: &ConnUrl) -> Result<String> {
+        url.password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "{}: the server asks for a password and none is configured",
+                        self.what
+                    ),
+                )
+                .with_hint("put it in password_env, password_file, PGPASSWORD or ~/.pgpass")
+            })
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let what = self.what.clone();
+        self.io
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| io_err(&what, e))?;
+        self.io.flush().await.map_err(|e| io_err(&what, e))?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// The next backend message. Cancel-safe.
+    async fn next_backend(&mut self) -> Result<Backend> {
+        loop {
+            if let Some((tag, body)) =
+                wire::split_message(&mut self.rbuf).map_err(|e| wire_err(&self.what, e))?
+            {
+                let msg = wire::decode(tag, body).map_err(|e| wire_err(&self.what, e))?;
+                if let Backend::Other(b'S') = msg {
+                    continue;
+                }
+                return Ok(msg);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+                self.rbuf.reserve(256 * 1024);
+            }
+            let n = self
+                .io
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| io_err(&self.what, e))?;
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!("{}: the server closed the connection", self.what),
+                ));
+            }
+        }
+    }
+
+    /// Run a replication or SQL command with the simple query protocol; rows in text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| io_err(&self.what, e))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_backend().await? {
+                Backend::DataRow(values) => rows.push(
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                        .collect(),
+                ),
+                Backend::Error(e) => error = Some(e),
+                Backend::ReadyForQuery => break,
+                Backend::Notice(n) => {
+                    tracing::debug!(code = %n.code, "replication notice: {}", n.message)
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(server_err(&format!("running {}", first_words(sql)), &e)),
+            None => Ok(rows),
+        }
+    }
+
+    /// `server_version_num` of the server.
+    pub async fn server_version(&mut self) -> Result<u32> {
+        if self.server_version == 0 {
+            let rows = self.simple_query("SHOW server_version_num").await?;
+            self.server_version = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::internal("SHOW server_version_num returned nothing"))?;
+        }
+        Ok(self.server_version)
+    }
+
+    /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput`, exporting a snapshot when asked.
+    pub async fn create_slot(&mut self, name: &str, export_snapshot: bool) -> Result<CreatedSlot> {
+        let version = self.server_version().await?;
+        let ident = pgtide_core::ident::quote_ident(name);
+        let sql = match (version >= 150000, export_snapshot) {
+            (true, true) => {
+                format!("CREATE_REPLICATION_SLOT {ident} LOGICAL pgoutput (SNAPSHOT 'export')")
+            }
+            (true, false) => {
+                format!("CREATE_REPLICATION_SLOT {ident} LOGICAL pgoutput (SNAPSHOT 'nothing')")
+            }
+            (false, true) => {
+                format!("CREATE_REPLICATION_SLOT {ident} LOGICAL pgoutput EXPORT_SNAPSHOT")
+            }
+            (false, false) => {
+                format!("CREATE_REPLICATION_SLOT {ident} LOGICAL pgoutput NOEXPORT_SNAPSHOT")
+            }
+        };
+        let rows = self.simple_query(&sql).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no row"))?;
+        let lsn: Lsn = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no consistent point"))?
+            .parse()
+            .map_err(Error::internal)?;
+        Ok(CreatedSlot {
+            name: name.to_string(),
+            consistent_point: lsn,
+            snapshot: row.get(2).cloned().flatten(),
+        })
+    }
+
+    /// `START_REPLICATION SLOT ... LOGICAL start (options)`; the connection becomes a stream.
+    pub async fn start_logical(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(&str, String)],
+    ) -> Result<LogicalStream> {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{} {}",
+                    pgtide_core::ident::quote_ident(k),
+                    pgtide_core::ident::quote_literal(v)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} ({})",
+            pgtide_core::ident::quote_ident(slot),
+            opts.join(", ")
+        );
+        frontend::query(&sql, &mut self.wbuf).map_err(|e| io_err(&self.what, e))?;
+        self.flush().await?;
+        loop {
+            match self.next_backend().await? {
+                Backend::CopyBoth => return Ok(LogicalStream { client: self }),
+                Backend::Error(e) => {
+                    // Drain to ReadyForQuery so the error is complete, then report it.
+                    let err = server_err(&format!("starting replication from slot {slot}"), &e);
+                    return Err(err);
+                }
+                Backend::Notice(n) => tracing::debug!("replication notice: {}", n.message),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// The replication stream: XLogData and keepalives in, status updates out.
+pub struct LogicalStream {
+    client: ReplicationClient,
+}
+
+/// The narrow interface the change-data-capture loop needs from a replication stream.
+pub trait WalStream {
+    /// The next message; `None` when the server ended the stream. Cancel-safe.
+    fn next_message(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<StreamMessage>>> + Send;
+    /// Tell the server what is durably applied (`flush`), and that everything before `write`
+    /// was received.
+    fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        reply: bool,
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// Microseconds since 2000-01-01, PostgreSQL's epoch.
+pub fn pg_now() -> i64 {
+    const EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    now - EPOCH_OFFSET_US
+}
+
+impl WalStream for LogicalStream {
+    async fn next_message(&mut self) -> Result<Option<StreamMessage>> {
+        loop {
+            match self.client.next_backend().await? {
+                Backend::CopyData(data) => {
+                    return wire::decode_stream(data)
+                        .map(Some)
+                        .map_err(|e| wire_err(&self.client.what, e));
+                }
+                Backend::CopyDone => return Ok(None),
+                Backend::Error(e) => {
+                    return Err(server_err("streaming from the replication slot", &e));
+                }
+                Backend::Notice(n) => tracing::debug!("replication notice: {}", n.message),
+                Backend::ReadyForQuery | Backend::CommandComplete(_) => return Ok(None),
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "{}: unexpected message in the replication stream: {other:?}",
+                            self.client.what
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn send_status(&mut self, write: Lsn, flush: Lsn, reply: bool) -> Result<()> {
+        let body: Bytes = wire::status_update(write, flush, flush, pg_now(), reply);
+        frontend::CopyData::new(body)
+            .map_err(|e| io_err(&self.client.what, e))?
+            .write(&mut self.client.wbuf);
+        self.client.flush().await
+    }
+}

@@ -1,0 +1,6 @@
+//! The replication side of the source: our thin protocol client and the wire format it speaks.
+
+pub mod client;
+pub mod wire;
+
+pub use client::{CreatedSlot, LogicalStream, ReplicationClient, WalStream};
