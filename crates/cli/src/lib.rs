@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //! - [`plan`]: table selection, COPY format and chunking, decided from the schema model alone.
+//! - [`cdc`]: change data capture: slot and publication, the full load from the slot's
+//!   snapshot, the streaming loop with exactly-once apply, reconnects and end-LSN stops.
+//! - [`shutdown`]: the operator's stop request.
 //! - [`fullload`]: the full load's phases: check, prepare, copy with per-table DDL, finish.
 //! - [`scheduler`]: the work queue shared by the load's workers.
 //! - [`progress`] and [`report`]: what the operator sees while it runs and at the end.
@@ -12,6 +15,7 @@
 //! The domain types live in `pgtide-core`, everything that speaks to PostgreSQL in
 //! `pgtide-postgres`; this crate is orchestration and presentation.
 
+pub mod cdc;
 pub mod demo;
 pub mod demo_data;
 pub mod fullload;
@@ -20,4 +24,5 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scheduler;
+pub mod shutdown;
 pub mod verify;

@@ -1,11 +1,14 @@
 //! The `pgtide` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pgtide::cdc::{self, CdcOptions, CdcStatus};
 use pgtide::demo::{self, DemoOptions};
 use pgtide::fullload::{self, RunOptions};
 use pgtide::logging::{self, LogFormat};
 use pgtide::progress::{Display, DisplayMode, Progress};
-use pgtide_core::task::Task;
+use pgtide::shutdown::Shutdown;
+use pgtide_core::lsn::Lsn;
+use pgtide_core::task::{Mode, Task};
 use pgtide_core::{Error, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,13 +49,18 @@ enum ProgressArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the task described by a task file (full load).
+    /// Run the task described by a task file: a full load, change data capture, or both.
     Run {
         /// The task file (YAML).
         task: PathBuf,
-        /// Discard the progress of an unfinished earlier run of this task and start over.
+        /// Discard the progress of an earlier run of this task and start over (for change data
+        /// capture: a new slot, and a new full load in full-load-and-cdc).
         #[arg(long)]
         restart: bool,
+        /// Change data capture: stop once every source transaction committed before this LSN
+        /// is applied (the cutover point), e.g. the result of pg_current_wal_lsn() on the source.
+        #[arg(long, value_name = "LSN")]
+        end_lsn: Option<String>,
     },
     /// Start two throwaway servers, build a sample database, load it, verify it, stop them.
     Demo {
@@ -99,18 +107,63 @@ async fn interrupted() -> Error {
 async fn run(cli: Cli) -> Result<(), Error> {
     let display = display_mode(cli.progress);
     match cli.command {
-        Command::Run { task, restart } => {
+        Command::Run {
+            task,
+            restart,
+            end_lsn,
+        } => {
             let task = Task::load(&task)?;
+            let end_lsn: Option<Lsn> = match end_lsn {
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|e: String| Error::config(format!("--end-lsn: {e}")))?,
+                ),
+                None => None,
+            };
+            if task.mode == Mode::FullLoad {
+                if end_lsn.is_some() {
+                    return Err(Error::config(
+                        "--end-lsn applies to change data capture; this task's mode is full-load",
+                    )
+                    .with_hint("set mode: full-load-and-cdc or cdc in the task file"));
+                }
+                let progress = Arc::new(Progress::new());
+                let shown = Display::start(progress.clone(), display);
+                let options = RunOptions {
+                    restart,
+                    ..RunOptions::default()
+                };
+                let result = tokio::select! {
+                    r = fullload::run(&task, &options, progress) => r,
+                    e = interrupted() => Err(e),
+                };
+                shown.finish().await;
+                let report = result?;
+                print!("{}", report.render());
+                return Ok(());
+            }
+            let shutdown = Shutdown::new();
+            shutdown.install_signal_handlers();
             let progress = Arc::new(Progress::new());
             let shown = Display::start(progress.clone(), display);
-            let options = RunOptions { restart };
-            let result = tokio::select! {
-                r = fullload::run(&task, &options, progress) => r,
-                e = interrupted() => Err(e),
-            };
+            let status = Arc::new(CdcStatus::default());
+            let stop_display = Arc::new(tokio::sync::Notify::new());
+            let cdc_display = cdc::spawn_display(status.clone(), display, stop_display.clone());
+            let result = cdc::run(
+                &task,
+                &CdcOptions { restart, end_lsn },
+                progress,
+                status,
+                &shutdown,
+            )
+            .await;
             shown.finish().await;
-            let report = result?;
-            print!("{}", report.render());
+            stop_display.notify_one();
+            if let Some(h) = cdc_display {
+                let _ = h.await;
+            }
+            let outcome = result?;
+            print!("{}", outcome.render(&task.name));
             Ok(())
         }
         Command::Demo { scale, threads } => {

@@ -117,6 +117,78 @@ pub enum LargeObjects {
     Skip,
 }
 
+/// What to do with tables that have no replica identity (no primary key, identity DEFAULT, or
+/// NOTHING): PostgreSQL makes UPDATE and DELETE on such a table fail *on the source* once it is in
+/// a publication that publishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TablesWithoutKey {
+    /// Refuse to start, listing each table and the fixes.
+    #[default]
+    Fail,
+    /// Publish those tables for INSERT and TRUNCATE only: the source keeps working, their
+    /// updates and deletes are not replicated (said at start, in the report and in status).
+    InsertOnly,
+    /// Set `REPLICA IDENTITY FULL` on them (needs ownership) and match rows on every column.
+    ReplicaIdentityFull,
+}
+
+impl TablesWithoutKey {
+    /// The task-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TablesWithoutKey::Fail => "fail",
+            TablesWithoutKey::InsertOnly => "insert-only",
+            TablesWithoutKey::ReplicaIdentityFull => "replica-identity-full",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCdc {
+    tables_without_key: Option<TablesWithoutKey>,
+    start_lsn: Option<String>,
+    heartbeat_interval: Option<u64>,
+    spill_dir: Option<PathBuf>,
+    max_batch_changes: Option<usize>,
+    max_batch_delay_ms: Option<u64>,
+}
+
+/// Change data capture settings.
+#[derive(Debug, Clone)]
+pub struct CdcSettings {
+    /// Policy for tables without a replica identity.
+    pub tables_without_key: TablesWithoutKey,
+    /// Mode `cdc`: stream from this LSN (Arcion's `start-lsn`) instead of the slot's position.
+    pub start_lsn: Option<crate::lsn::Lsn>,
+    /// Seconds between heartbeat messages written on the source (0 = off).
+    pub heartbeat_interval: u64,
+    /// Where streamed in-progress transactions are spooled.
+    pub spill_dir: PathBuf,
+    /// Changes per target transaction.
+    pub max_batch_changes: usize,
+    /// Longest a target transaction stays open.
+    pub max_batch_delay_ms: u64,
+}
+
+impl CdcSettings {
+    /// The replication slot's name.
+    pub fn slot_name(task: &str) -> String {
+        format!("pgtide_{task}")
+    }
+
+    /// The publication's name.
+    pub fn publication_name(task: &str) -> String {
+        format!("pgtide_{task}")
+    }
+
+    /// The insert-only publication's name (tables without a key under `insert-only`).
+    pub fn insert_only_publication_name(task: &str) -> String {
+        format!("pgtide_{task}_insert_only")
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTask {
@@ -131,6 +203,8 @@ struct RawTask {
     full_load: RawFullLoad,
     #[serde(default)]
     schema: RawSchema,
+    #[serde(default)]
+    cdc: RawCdc,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +313,8 @@ pub struct Task {
     pub full_load: FullLoadSettings,
     /// Schema settings.
     pub schema: SchemaSettings,
+    /// Change data capture settings.
+    pub cdc: CdcSettings,
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -292,13 +368,6 @@ impl Task {
             )
             .with_hint("use a PostgreSQL target (postgresql://...)"));
         }
-        if raw.mode != Mode::FullLoad {
-            return Err(Error::config(format!(
-                "mode: {} is not available in this version of pgtide",
-                raw.mode.as_str()
-            ))
-            .with_hint("use mode: full-load"));
-        }
         let tables = Selection::parse(&raw.tables.include, &raw.tables.exclude)?;
 
         let f = raw.full_load;
@@ -332,6 +401,35 @@ impl Task {
             ))
             .with_hint("use a size from 1MB to 1TB, e.g. 256MB"));
         }
+        let c = raw.cdc;
+        let start_lsn = match &c.start_lsn {
+            Some(s) => Some(
+                s.parse::<crate::lsn::Lsn>()
+                    .map_err(|e| Error::config(format!("cdc.start_lsn: {e}")))?,
+            ),
+            None => None,
+        };
+        if start_lsn.is_some() && raw.mode != Mode::Cdc {
+            return Err(Error::config("cdc.start_lsn: only mode cdc starts at a given LSN")
+                .with_hint("full-load-and-cdc starts at the slot's consistent point, which the full load's snapshot matches"));
+        }
+        let max_batch_changes = c.max_batch_changes.unwrap_or(50_000);
+        if !(1..=10_000_000).contains(&max_batch_changes) {
+            return Err(Error::config(format!(
+                "cdc.max_batch_changes: {max_batch_changes} is out of range"
+            ))
+            .with_hint("use a number from 1 to 10000000"));
+        }
+        let max_batch_delay_ms = c.max_batch_delay_ms.unwrap_or(500);
+        if !(1..=600_000).contains(&max_batch_delay_ms) {
+            return Err(Error::config(format!(
+                "cdc.max_batch_delay_ms: {max_batch_delay_ms} is out of range"
+            ))
+            .with_hint("use a number of milliseconds from 1 to 600000"));
+        }
+        let spill_dir = c
+            .spill_dir
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgtide-{}", raw.name)));
         Ok(Task {
             name: raw.name,
             source,
@@ -352,6 +450,14 @@ impl Task {
                 pg_dump: raw.schema.pg_dump,
                 owners: raw.schema.owners,
                 privileges: raw.schema.privileges,
+            },
+            cdc: CdcSettings {
+                tables_without_key: c.tables_without_key.unwrap_or_default(),
+                start_lsn,
+                heartbeat_interval: c.heartbeat_interval.unwrap_or(0),
+                spill_dir,
+                max_batch_changes,
+                max_batch_delay_ms,
             },
         })
     }
@@ -411,6 +517,7 @@ fn hint_for(path: &str, msg: &str) -> String {
         "copy_format" => "use auto or text".into(),
         "primary_keys" => "use before-load or after-load".into(),
         "large_objects" => "use fail or skip".into(),
+        "tables_without_key" => "use fail, insert-only or replica-identity-full".into(),
         "threads" | "fetch_size" => "use a positive whole number".into(),
         "split_threshold" | "index_memory" => "use a size such as 256MB or 1GB".into(),
         "include" | "exclude" => "use a list of patterns: [\"public.*\", \"sales.orders\"]".into(),

@@ -14,7 +14,10 @@
 //! - [`pgoutput`]: a pure decoder of logical replication messages.
 //! - [`changes`]: pgoutput messages to committed transactions in commit order (streamed
 //!   transactions spooled to disk).
+//! - [`apply`]: committed transactions applied to a PostgreSQL target, batched, exactly once.
+//! - [`slot`]: the source's side of CDC: prerequisites, publications, replication slots.
 
+pub mod apply;
 pub mod changes;
 pub mod compare;
 pub mod connect;
@@ -24,6 +27,7 @@ pub mod pgoutput;
 pub mod programs;
 pub mod replication;
 pub mod schema_copy;
+pub mod slot;
 pub mod snapshot;
 pub mod state;
 pub mod tls;

@@ -52,6 +52,17 @@ impl ExportedSnapshot {
         Ok(ExportedSnapshot { client, name })
     }
 
+    /// Hold a snapshot exported elsewhere (by `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`),
+    /// through a connection that imported it. The exporter must stay open meanwhile.
+    pub async fn import(url: &ConnUrl, name: &str) -> Result<Self> {
+        let client = connect(url, Side::Source).await?;
+        begin_in_snapshot(&client, name).await?;
+        Ok(ExportedSnapshot {
+            client,
+            name: name.to_string(),
+        })
+    }
+
     /// The snapshot identifier to import.
     pub fn name(&self) -> &str {
         &self.name

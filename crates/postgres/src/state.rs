@@ -11,6 +11,11 @@
 //! pgtide.load_table  one row per source table: target name, state, format, totals
 //! pgtide.load_chunk  one row per chunk: block range, rows, bytes, done_at (NULL = not done)
 //! pgtide.load_step   schema and DDL steps that completed (pre-data, each index, ...)
+//! pgtide.cdc_progress     the last applied source transaction (commit LSN, end LSN, time),
+//!                         written in the same transaction as the changes it covers, and the
+//!                         highest position ever confirmed to the slot (recorded before it is
+//!                         confirmed, so a slot that is further ahead is detected)
+//! pgtide.cdc_table_stats  inserts, updates, deletes, truncates applied per table
 //! ```
 //!
 //! A table moves through [`TableState`]: `pending` (planned) → `copied` (every chunk done) →
@@ -69,6 +74,24 @@ CREATE TABLE IF NOT EXISTS pgtide.load_chunk (
     seconds double precision,
     done_at timestamptz,
     PRIMARY KEY (task, source_schema, source_table, chunk)
+);
+CREATE TABLE IF NOT EXISTS pgtide.cdc_progress (
+    task text PRIMARY KEY,
+    commit_lsn pg_lsn NOT NULL,
+    end_lsn pg_lsn NOT NULL,
+    commit_time timestamptz,
+    confirmed_lsn pg_lsn NOT NULL,
+    applied_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pgtide.cdc_table_stats (
+    task text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    inserts bigint NOT NULL DEFAULT 0,
+    updates bigint NOT NULL DEFAULT 0,
+    deletes bigint NOT NULL DEFAULT 0,
+    truncates bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, schema_name, table_name)
 );
 CREATE TABLE IF NOT EXISTS pgtide.load_step (
     task text NOT NULL,
@@ -209,7 +232,13 @@ pub async fn start_task<C: GenericClient>(
     source: &str,
 ) -> Result<()> {
     let err = |e| classify(e, "recording the task on the target");
-    for t in ["load_table", "load_chunk", "load_step"] {
+    for t in [
+        "load_table",
+        "load_chunk",
+        "load_step",
+        "cdc_progress",
+        "cdc_table_stats",
+    ] {
         client
             .execute(&format!("DELETE FROM pgtide.{t} WHERE task = $1"), &[&task])
             .await

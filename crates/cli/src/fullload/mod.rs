@@ -64,11 +64,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// Options from the command line.
+/// Options from the command line and from the CDC orchestration.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Discard the state of an unfinished earlier run and start over.
     pub restart: bool,
+    /// Load from this exported snapshot (a replication slot's) instead of exporting one.
+    pub snapshot: Option<String>,
+    /// Phase recorded when the load is finished: `done`, or `cdc` when streaming follows.
+    pub final_phase: Option<&'static str>,
+    /// The caller already holds the task's lock on the target.
+    pub lock_held: bool,
 }
 
 /// Run the full load of `task`.
@@ -85,7 +91,9 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
     let target_version = introspect::server_version(&target).await?;
     tracing::info!(source = %task.source.url, source_version, target = %task.target.url, target_version, "connected");
     drop(source);
-    state::lock_task(&target, &task.name).await?;
+    if !options.lock_held {
+        state::lock_task(&target, &task.name).await?;
+    }
 
     let prep = task.full_load.table_preparation;
     let fingerprint = plan::task_fingerprint(task);
@@ -122,7 +130,10 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
         HashSet::new()
     };
 
-    let snapshot = ExportedSnapshot::export(&task.source.url).await?;
+    let snapshot = match &options.snapshot {
+        Some(name) => ExportedSnapshot::import(&task.source.url, name).await?,
+        None => ExportedSnapshot::export(&task.source.url).await?,
+    };
     let schema = introspect::introspect(snapshot.client()).await?;
     let (mut plan, decisions) = plan::plan(&schema, task)?;
     fill_key_chunks(snapshot.client(), &mut plan, &decisions).await?;
@@ -296,7 +307,7 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
     let matviews = refresh_matviews(&target, task, &plan, &done_steps).await?;
     snapshot.release().await?;
     // This commit is synchronous: it makes every earlier asynchronous chunk commit durable too.
-    state::set_phase(&target, &task.name, "done").await?;
+    state::set_phase(&target, &task.name, options.final_phase.unwrap_or("done")).await?;
     phases.push(("finish".into(), phase_start.elapsed()));
 
     let report = build_report(

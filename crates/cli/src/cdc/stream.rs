@@ -1,0 +1,342 @@
+//! The streaming loop: read the slot, apply, confirm, reconnect.
+//!
+//! # Guards, in the order they apply to each message
+//!
+//! 1. A transaction whose commit LSN is at or below the checkpoint was applied before a restart:
+//!    the applier skips it whole (never single changes by their own LSN).
+//! 2. With `--end-lsn E`: a transaction committing at or after `E` is not applied; the loop stops
+//!    before it. A keepalive reporting the server at or past `E` while no transaction is open
+//!    also stops it (everything committed before `E` has arrived and is applied).
+//! 3. A stop request (SIGINT/SIGTERM) inside a source transaction waits for that transaction's
+//!    end, so the final batch commits whole transactions only.
+//!
+//! # What is confirmed to the source
+//!
+//! The standby status update's flush position is the end LSN of the last source transaction
+//! whose target COMMIT returned (the session commits synchronously), never more. When nothing is
+//! open (no target batch, no source transaction in flight), the position the server reported
+//! (keepalive or last message) is confirmed instead, so an idle or filtered slot does not pin
+//! WAL; that position is recorded on the target first, so that a slot found further ahead after
+//! a restart can be told apart from one that lost changes.
+//!
+//! # Reconnecting
+//!
+//! Any retryable failure (source or target restarting, a dropped connection, a slot still held
+//! by a dying walsender) tears everything down, rolls the open batch back, waits with backoff,
+//! and starts over from the checkpoint: the server re-sends every transaction not confirmed, and
+//! guard 1 skips those already applied. Permanent failures (authentication, a missing or
+//! invalidated slot, a diverged target) stop the task with their hint.
+
+use super::status::CdcStatus;
+use crate::shutdown::Shutdown;
+use pgtide_core::ident::QualifiedName;
+use pgtide_core::lsn::Lsn;
+use pgtide_core::task::Task;
+use pgtide_core::{Error, ErrorKind, Result};
+use pgtide_postgres::apply::{ApplyOptions, PgApplier};
+use pgtide_postgres::changes::Assembler;
+use pgtide_postgres::connect::{Side, classify, connect};
+use pgtide_postgres::replication::wire::StreamMessage;
+use pgtide_postgres::replication::{ReplicationClient, WalStream};
+use pgtide_postgres::slot::{check_slot, slot_info};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why streaming stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Every transaction committed before this LSN is applied.
+    EndLsn(Lsn),
+    /// The operator asked to stop.
+    Signal,
+}
+
+/// What the loop needs besides the task.
+pub struct StreamSetup {
+    /// Slot name.
+    pub slot: String,
+    /// Publications to decode with.
+    pub publications: Vec<String>,
+    /// Stop when everything committed before this LSN is applied.
+    pub end_lsn: Option<Lsn>,
+    /// Primary keys from the source catalog.
+    pub source_keys: HashMap<QualifiedName, Vec<String>>,
+}
+
+/// The commit LSN of a `Begin` or `Stream Commit` message, read from its bytes.
+fn commit_position(data: &[u8]) -> Option<Lsn> {
+    let at = |from: usize| {
+        data.get(from..from + 8)
+            .map(|b| Lsn(u64::from_be_bytes(b.try_into().expect("8 bytes"))))
+    };
+    match data.first() {
+        Some(b'B') => at(1),
+        Some(b'c') => at(6),
+        _ => None,
+    }
+}
+
+/// Stream until `--end-lsn` or a stop request, reconnecting on retryable failures.
+pub async fn stream(
+    task: &Task,
+    setup: &StreamSetup,
+    shutdown: &Shutdown,
+    status: &Arc<CdcStatus>,
+) -> Result<Stop> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        status.rebase();
+        match stream_once(task, setup, shutdown, status).await {
+            Ok(stop) => return Ok(stop),
+            Err(e) if e.is_retryable() && !shutdown.is_triggered() => {
+                status.set_phase("reconnecting");
+                tracing::warn!(retry_in_s = delay.as_secs(), "{}", e.report());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Ok(Stop::Signal),
+                }
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn stream_once(
+    task: &Task,
+    setup: &StreamSetup,
+    shutdown: &Shutdown,
+    status: &Arc<CdcStatus>,
+) -> Result<Stop> {
+    status.set_phase("connecting");
+    let target = connect(&task.target.url, Side::Target).await?;
+    let opts = ApplyOptions {
+        max_batch_changes: task.cdc.max_batch_changes,
+        max_batch_age: Duration::from_millis(task.cdc.max_batch_delay_ms),
+        ..ApplyOptions::default()
+    };
+    let mut applier = PgApplier::new(target, &task.name, opts, setup.source_keys.clone()).await?;
+    let source = connect(&task.source.url, Side::Source).await?;
+    let info = slot_info(&source, &setup.slot).await?.ok_or_else(|| {
+        Error::new(ErrorKind::NotFound, format!("replication slot {} is missing on the source", setup.slot)).with_hint(
+            "it was dropped, so changes since the last checkpoint cannot be recovered; run the task again with --restart for a new full load",
+        )
+    })?;
+    check_slot(&setup.slot, &info, &task.source.url.database)?;
+    let ours = applier.confirmable();
+    if let Some(cf) = info.confirmed_flush
+        && !ours.is_zero()
+        && cf > ours
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "replication slot {} is confirmed up to {cf}, past the target's checkpoint {ours}: changes in between were consumed by something else and are missing from the target",
+                setup.slot
+            ),
+        )
+        .with_hint("another consumer used this slot; run the task again with --restart for a new full load"));
+    }
+    if info.active {
+        return Err(Error::new(ErrorKind::Transient, format!("replication slot {} is still in use by another connection", setup.slot))
+            .with_hint("if a previous pgtide run was just stopped, its walsender ends within seconds; pgtide retries"));
+    }
+    let start = if ours.is_zero() {
+        info.confirmed_flush.unwrap_or(Lsn::ZERO)
+    } else {
+        ours
+    };
+    let mut repl = ReplicationClient::connect(&task.source.url, Side::Source).await?;
+    let version = repl.server_version().await?;
+    let pubs: Vec<String> = setup
+        .publications
+        .iter()
+        .map(|p| pgtide_core::ident::quote_ident(p))
+        .collect();
+    let mut options: Vec<(&str, String)> = vec![
+        (
+            "proto_version",
+            if version >= 140000 { "2" } else { "1" }.into(),
+        ),
+        ("publication_names", pubs.join(",")),
+    ];
+    if version >= 140000 {
+        options.push(("streaming", "on".into()));
+        options.push(("messages", "true".into()));
+    }
+    let mut stream = repl
+        .start_logical(&setup.slot, start, &options)
+        .await
+        .map_err(|e| {
+            if e.message().contains("is active for PID") {
+                Error::new(ErrorKind::Transient, e.message().to_string())
+            } else {
+                e
+            }
+        })?;
+    let mut asm = Assembler::new(task.cdc.spill_dir.clone())?;
+    status.set_phase("streaming");
+    tracing::info!(slot = %setup.slot, start = %start, "streaming changes");
+
+    let mut server_at = start;
+    let mut last_message = Instant::now();
+    let mut last_status = Instant::now();
+    let mut heartbeat_at = Instant::now();
+    let mut heartbeat_ok = task.cdc.heartbeat_interval > 0;
+    let mut stopping = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    macro_rules! publish {
+        () => {
+            status.update(
+                applier.durable(),
+                applier.confirmable(),
+                !applier.has_open_batch()
+                    && !asm.in_transaction()
+                    && server_at <= applier.confirmable(),
+                applier.transactions,
+                applier.counts(),
+            );
+        };
+    }
+
+    loop {
+        // Stop points that need the loop to be between source transactions.
+        if stopping && !asm.in_transaction() {
+            applier.commit_batch().await?;
+            confirm(&mut stream, &mut applier, &asm, server_at, false).await?;
+            publish!();
+            return Ok(Stop::Signal);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait(), if !stopping => {
+                stopping = true;
+                status.set_phase("stopping");
+            }
+            m = stream.next_message() => {
+                last_message = Instant::now();
+                match m? {
+                    None => return Err(Error::new(ErrorKind::Connection, "the source ended the replication stream")),
+                    Some(StreamMessage::XLogData { wal_end, data, .. }) => {
+                        server_at = server_at.max(wal_end);
+                        status.server_at(wal_end);
+                        if let Some(end) = setup.end_lsn
+                            && !asm.in_transaction()
+                            && commit_position(&data).map(|c| c >= end).unwrap_or(false)
+                        {
+                            return finish_at_end(&mut stream, &mut applier, &asm, end, status).await;
+                        }
+                        asm.process(data, &mut applier).await?;
+                        if !asm.in_transaction() && applier.batch_is_old() {
+                            applier.commit_batch().await?;
+                            publish!();
+                        }
+                    }
+                    Some(StreamMessage::Keepalive { wal_end, reply_requested, .. }) => {
+                        server_at = server_at.max(wal_end);
+                        status.server_at(wal_end);
+                        if !asm.in_transaction() {
+                            applier.commit_batch().await?;
+                            if let Some(end) = setup.end_lsn && wal_end >= end {
+                                return finish_at_end(&mut stream, &mut applier, &asm, end, status).await;
+                            }
+                        }
+                        if reply_requested {
+                            confirm(&mut stream, &mut applier, &asm, server_at, false).await?;
+                            last_status = Instant::now();
+                        }
+                        publish!();
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                // A quiet stream commits what it has.
+                if applier.has_open_batch() && !asm.in_transaction()
+                    && (last_message.elapsed() >= Duration::from_millis(20) || applier.batch_is_old())
+                {
+                    applier.commit_batch().await?;
+                    publish!();
+                }
+                if last_status.elapsed() >= Duration::from_secs(1) {
+                    // While waiting for an end LSN, ask for a keepalive so the server's position
+                    // arrives without waiting for its own timer.
+                    confirm(&mut stream, &mut applier, &asm, server_at, setup.end_lsn.is_some()).await?;
+                    last_status = Instant::now();
+                    publish!();
+                }
+                if heartbeat_ok && heartbeat_at.elapsed() >= Duration::from_secs(task.cdc.heartbeat_interval) {
+                    heartbeat_at = Instant::now();
+                    if let Err(e) = source
+                        .execute("SELECT pg_logical_emit_message(true, 'pgtide_heartbeat', $1)", &[&task.name])
+                        .await
+                    {
+                        let e = classify(e, "writing a heartbeat on the source");
+                        if e.is_retryable() {
+                            return Err(e);
+                        }
+                        tracing::warn!("heartbeat disabled: {}", e.report());
+                        heartbeat_ok = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn finish_at_end<S: WalStream>(
+    stream: &mut S,
+    applier: &mut PgApplier,
+    asm: &Assembler,
+    end: Lsn,
+    status: &Arc<CdcStatus>,
+) -> Result<Stop> {
+    applier.commit_batch().await?;
+    confirm(stream, applier, asm, applier.confirmable(), false).await?;
+    status.update(
+        applier.durable(),
+        applier.confirmable(),
+        true,
+        applier.transactions,
+        applier.counts(),
+    );
+    Ok(Stop::EndLsn(end))
+}
+
+/// Send a standby status update. When nothing is open, first record the server's position on
+/// the target, then confirm it.
+async fn confirm<S: WalStream>(
+    stream: &mut S,
+    applier: &mut PgApplier,
+    asm: &Assembler,
+    server_at: Lsn,
+    reply: bool,
+) -> Result<()> {
+    let mut flush = applier.confirmable();
+    if !applier.has_open_batch() && !asm.in_transaction() && server_at > flush {
+        applier.record_confirmed(server_at).await?;
+        flush = applier.confirmable();
+    }
+    stream.send_status(server_at.max(flush), flush, reply).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_positions_are_read_from_begin_and_stream_commit() {
+        let mut b = vec![b'B'];
+        b.extend_from_slice(&0x0000_0001_0000_0020u64.to_be_bytes());
+        b.extend_from_slice(&[0; 12]);
+        assert_eq!(commit_position(&b), Some(Lsn(0x1_0000_0020)));
+        let mut c = vec![b'c', 0, 0, 0, 7, 0];
+        c.extend_from_slice(&42u64.to_be_bytes());
+        c.extend_from_slice(&[0; 16]);
+        assert_eq!(commit_position(&c), Some(Lsn(42)));
+        assert_eq!(commit_position(b"I..."), None);
+        assert_eq!(commit_position(b"B"), None);
+    }
+}
