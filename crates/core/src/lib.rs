@@ -10,6 +10,7 @@
 //! - [`selection`]: include/exclude patterns that follow PostgreSQL's identifier rules.
 //! - [`schema`]: the source schema model produced by introspection and consumed by planning,
 //!   DDL and loading.
+//! - [`failpoint`]: crash points that tests arm with `PGTIDE_FAILPOINT`.
 //! - [`error`]: one error type that keeps its cause, says whether retrying can help, and carries
 //!   the hint shown to the operator.
 //!
@@ -17,6 +18,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod failpoint;
 pub mod ident;
 pub mod lsn;
 pub mod schema;

@@ -824,6 +824,7 @@ impl PgApplier {
                 .await
                 .map_err(|e| classify(e, "recording change counts on the target"))?;
         }
+        pgtide_core::failpoint::hit("apply-before-commit");
         self.exec("COMMIT", "committing an apply transaction on the target")
             .await?;
         self.in_tx = false;

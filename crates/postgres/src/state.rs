@@ -196,6 +196,36 @@ pub async fn lock_task(client: &Client, task: &str) -> Result<()> {
     Ok(())
 }
 
+/// Like [`lock_task`], but wait up to `wait` for a lock held by a session that is ending (a
+/// connection of this process that was just dropped releases its locks when the server notices).
+pub async fn lock_task_waiting(
+    client: &Client,
+    task: &str,
+    wait: std::time::Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match lock_task(client, task).await {
+            Err(e) if e.kind() == ErrorKind::Conflict && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Release the task's lock held by `client`'s session.
+pub async fn unlock_task(client: &Client, task: &str) -> Result<()> {
+    client
+        .query_one(
+            "SELECT pg_advisory_unlock(hashtext('pgtide'), hashtext($1))",
+            &[&task],
+        )
+        .await
+        .map_err(|e| classify(e, "unlocking the task on the target"))?;
+    Ok(())
+}
+
 /// A task's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRow {

@@ -323,6 +323,9 @@ pub async fn run(
         Mode::FullLoad => return Err(Error::internal("cdc::run called for a full-load task")),
     }
     drop(source);
+    // The apply connection takes the task's lock from here on.
+    state::unlock_task(&target, &task.name).await?;
+    drop(target);
 
     let source_keys: HashMap<QualifiedName, Vec<String>> = schema
         .tables
@@ -343,6 +346,7 @@ pub async fn run(
     status.set_phase("stopped");
     let sequences = sync_sequences(task, &load_plan.sequences).await?;
     let mut view = status.view();
+    let target = connect(&task.target.url, Side::Target).await?;
     view.counts = read_totals(&target, &task.name).await?;
     Ok(CdcOutcome {
         load,

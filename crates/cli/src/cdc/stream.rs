@@ -111,6 +111,9 @@ async fn stream_once(
 ) -> Result<Stop> {
     status.set_phase("connecting");
     let target = connect(&task.target.url, Side::Target).await?;
+    // The task's lock lives with the apply connection, so it is taken again after a reconnect
+    // (a restarted target forgets it) and no second run can apply at the same time.
+    pgtide_postgres::state::lock_task_waiting(&target, &task.name, Duration::from_secs(10)).await?;
     let opts = ApplyOptions {
         max_batch_changes: task.cdc.max_batch_changes,
         max_batch_age: Duration::from_millis(task.cdc.max_batch_delay_ms),
@@ -221,6 +224,9 @@ async fn stream_once(
                 match m? {
                     None => return Err(Error::new(ErrorKind::Connection, "the source ended the replication stream")),
                     Some(StreamMessage::XLogData { wal_end, data, .. }) => {
+                        if wal_end > server_at {
+                            tracing::trace!(wal_end = %wal_end, kind = %(data.first().copied().unwrap_or(b'?') as char), "position from data");
+                        }
                         server_at = server_at.max(wal_end);
                         status.server_at(wal_end);
                         if let Some(end) = setup.end_lsn
@@ -236,6 +242,7 @@ async fn stream_once(
                         }
                     }
                     Some(StreamMessage::Keepalive { wal_end, reply_requested, .. }) => {
+                        tracing::trace!(wal_end = %wal_end, "keepalive");
                         server_at = server_at.max(wal_end);
                         status.server_at(wal_end);
                         if !asm.in_transaction() {
@@ -314,8 +321,12 @@ async fn confirm<S: WalStream>(
     server_at: Lsn,
     reply: bool,
 ) -> Result<()> {
+    if applier.durable().is_some() {
+        pgtide_core::failpoint::hit("cdc-after-commit");
+    }
     let mut flush = applier.confirmable();
     if !applier.has_open_batch() && !asm.in_transaction() && server_at > flush {
+        tracing::debug!(from = %flush, to = %server_at, spooled = asm.spooled(), "confirming an idle position");
         applier.record_confirmed(server_at).await?;
         flush = applier.confirmable();
     }

@@ -288,6 +288,7 @@ pub(super) async fn run_copy(shared: &Shared, c: &WorkerConns, job: &CopyJob) ->
     .await;
     match result {
         Ok(last) => {
+            pgtide_core::failpoint::hit("load-after-chunk");
             if let Some(tp) = shared.progress.chunk_ended(t.oid, true, 0, 0) {
                 tracing::info!(
                     table = %t.source,

@@ -43,14 +43,38 @@ pub fn task_yaml(name: &str, source_url: &str, target_url: &str, extra: &str) ->
     )
 }
 
-/// Run the pgtide binary.
+/// Run the pgtide binary; a run that takes longer than ten minutes is killed and fails the test.
 pub fn pgtide(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgtide"))
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgtide"))
         .args(args)
         .env("PGTIDE_LOG", "info")
         .env_remove("PGPASSWORD")
-        .output()
-        .expect("run pgtide")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("run pgtide");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pgtide {args:?} did not finish in 10 minutes\nstderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
 }
 
 /// Run `pgtide run TASK` and assert success, returning stdout.
@@ -89,4 +113,147 @@ pub fn compare(source_url: &str, target_url: &str, schemas: &[&str]) -> Verifica
         .unwrap()
         .block_on(verify::verify(&s, &t, &schemas))
         .expect("verify")
+}
+
+/// A `pgtide run` in the background, with its output captured to files.
+pub struct Running {
+    pub child: std::process::Child,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    peak_kb: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Start `pgtide run` with `args` and extra environment variables.
+    pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtide"));
+        cmd.args(["--progress", "lines"])
+            .args(args)
+            .env("PGTIDE_LOG", "info")
+            .env_remove("PGPASSWORD");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn pgtide");
+        // VmHWM is the process's peak resident set so far; sample it until the process ends.
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (p, pid) = (peak.clone(), child.id());
+        let sampler = std::thread::spawn(move || {
+            loop {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    return;
+                };
+                if let Some(kb) = status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    p.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                if status.contains("State:\tZ") {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Running {
+            child,
+            out,
+            err,
+            peak_kb: peak,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// Send SIGTERM (a graceful stop for change data capture).
+    pub fn terminate(&self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Wait for the process; returns (exit code, stdout, stderr).
+    pub fn wait(mut self) -> (Option<i32>, String, String) {
+        let status = self.child.wait().unwrap();
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        (
+            status.code(),
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default(),
+        )
+    }
+
+    /// Peak resident memory seen, in MiB.
+    pub fn peak_mib(&self) -> u64 {
+        self.peak_kb.load(std::sync::atomic::Ordering::Relaxed) / 1024
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Wait until `cond` holds, polling; panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The source's current WAL insert position: past every commit record written so far. (The
+/// test servers commit asynchronously, so `pg_current_wal_lsn()`, the *write* position, can
+/// still be before a transaction that just committed.)
+pub fn current_lsn(server: &PgServer, db: &str) -> String {
+    server
+        .psql(db, "SELECT pg_current_wal_insert_lsn()")
+        .unwrap()
+}
+
+/// The task's phase on the target, if recorded.
+pub fn phase(target: &PgServer, db: &str, task: &str) -> Option<String> {
+    target
+        .psql(
+            db,
+            &format!("SELECT phase FROM pgtide.task WHERE name = '{task}'"),
+        )
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Run pgtide with `args`, assert success, return stdout.
+pub fn run_ok_args(args: &[&str]) -> String {
+    let mut all = vec!["--progress", "none"];
+    all.extend_from_slice(args);
+    let out = pgtide(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "pgtide {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    stdout
 }
