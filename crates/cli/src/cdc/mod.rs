@@ -342,7 +342,28 @@ pub async fn run(
         end_lsn: opts.end_lsn,
         source_keys,
     };
-    let stop = stream::stream(task, &setup, shutdown, &status).await?;
+    // The stream loop and its two connections run on one dedicated thread with a
+    // single-threaded runtime, like the load workers: a message never hops threads between the
+    // socket and the applier.
+    let stop = {
+        let (task, shutdown, status) = (task.clone(), shutdown.clone(), status.clone());
+        let handle = std::thread::Builder::new()
+            .name("pgtide-stream".into())
+            .spawn(move || -> Result<Stop> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        Error::internal(format!("cannot start the stream's runtime: {e}"))
+                    })?;
+                rt.block_on(stream::stream(&task, &setup, &shutdown, &status))
+            })
+            .map_err(|e| Error::internal(format!("cannot start the stream thread: {e}")))?;
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| Error::internal(format!("joining the stream thread: {e}")))?
+            .map_err(|_| Error::internal("the stream thread panicked"))??
+    };
     status.set_phase("stopped");
     let sequences = sync_sequences(task, &load_plan.sequences).await?;
     let mut view = status.view();

@@ -168,7 +168,7 @@ async fn stream_once(
         options.push(("streaming", "on".into()));
         options.push(("messages", "true".into()));
     }
-    let mut stream = repl
+    let stream = repl
         .start_logical(&setup.slot, start, &options)
         .await
         .map_err(|e| {
@@ -178,6 +178,8 @@ async fn stream_once(
                 e
             }
         })?;
+    // Read ahead while the target works, holding at most 64 MB of received changes.
+    let mut stream = stream.pipelined(64 << 20);
     let mut asm = Assembler::new(task.cdc.spill_dir.clone())?;
     status.set_phase("streaming");
     tracing::info!(slot = %setup.slot, start = %start, "streaming changes");
@@ -220,10 +222,10 @@ async fn stream_once(
                 status.set_phase("stopping");
             }
             m = stream.next_message() => {
-                last_message = Instant::now();
                 match m? {
                     None => return Err(Error::new(ErrorKind::Connection, "the source ended the replication stream")),
                     Some(StreamMessage::XLogData { wal_end, data, .. }) => {
+                        last_message = Instant::now();
                         if wal_end > server_at {
                             tracing::trace!(wal_end = %wal_end, kind = %(data.first().copied().unwrap_or(b'?') as char), "position from data");
                         }
@@ -245,49 +247,66 @@ async fn stream_once(
                         tracing::trace!(wal_end = %wal_end, "keepalive");
                         server_at = server_at.max(wal_end);
                         status.server_at(wal_end);
-                        if !asm.in_transaction() {
-                            applier.commit_batch().await?;
-                            if let Some(end) = setup.end_lsn && wal_end >= end {
-                                return finish_at_end(&mut stream, &mut applier, &asm, end, status).await;
-                            }
+                        // A keepalive arrives after almost every transaction when the stream
+                        // is live: it must not close the batch (that would be one synchronous
+                        // commit per source transaction). Batches close by age or quiet.
+                        if !asm.in_transaction()
+                            && let Some(end) = setup.end_lsn
+                            && wal_end >= end
+                        {
+                            return finish_at_end(&mut stream, &mut applier, &asm, end, status).await;
                         }
                         if reply_requested {
                             confirm(&mut stream, &mut applier, &asm, server_at, false).await?;
                             last_status = Instant::now();
                         }
-                        publish!();
                     }
                 }
             }
-            _ = tick.tick() => {
-                // A quiet stream commits what it has.
-                if applier.has_open_batch() && !asm.in_transaction()
-                    && (last_message.elapsed() >= Duration::from_millis(20) || applier.batch_is_old())
-                {
-                    applier.commit_batch().await?;
-                    publish!();
+            _ = tick.tick() => {}
+        }
+        // Periodic duties, after every message too: a stream that never pauses must still
+        // commit aged batches, confirm progress (or the server's wal_sender_timeout ends the
+        // connection) and write heartbeats.
+        // A quiet stream commits what it has.
+        if applier.has_open_batch()
+            && !asm.in_transaction()
+            && (last_message.elapsed() >= Duration::from_millis(20) || applier.batch_is_old())
+        {
+            applier.commit_batch().await?;
+            publish!();
+        }
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            // While waiting for an end LSN, ask for a keepalive so the server's position
+            // arrives without waiting for its own timer.
+            confirm(
+                &mut stream,
+                &mut applier,
+                &asm,
+                server_at,
+                setup.end_lsn.is_some(),
+            )
+            .await?;
+            last_status = Instant::now();
+            publish!();
+        }
+        if heartbeat_ok
+            && heartbeat_at.elapsed() >= Duration::from_secs(task.cdc.heartbeat_interval)
+        {
+            heartbeat_at = Instant::now();
+            if let Err(e) = source
+                .execute(
+                    "SELECT pg_logical_emit_message(true, 'pgtide_heartbeat', $1)",
+                    &[&task.name],
+                )
+                .await
+            {
+                let e = classify(e, "writing a heartbeat on the source");
+                if e.is_retryable() {
+                    return Err(e);
                 }
-                if last_status.elapsed() >= Duration::from_secs(1) {
-                    // While waiting for an end LSN, ask for a keepalive so the server's position
-                    // arrives without waiting for its own timer.
-                    confirm(&mut stream, &mut applier, &asm, server_at, setup.end_lsn.is_some()).await?;
-                    last_status = Instant::now();
-                    publish!();
-                }
-                if heartbeat_ok && heartbeat_at.elapsed() >= Duration::from_secs(task.cdc.heartbeat_interval) {
-                    heartbeat_at = Instant::now();
-                    if let Err(e) = source
-                        .execute("SELECT pg_logical_emit_message(true, 'pgtide_heartbeat', $1)", &[&task.name])
-                        .await
-                    {
-                        let e = classify(e, "writing a heartbeat on the source");
-                        if e.is_retryable() {
-                            return Err(e);
-                        }
-                        tracing::warn!("heartbeat disabled: {}", e.report());
-                        heartbeat_ok = false;
-                    }
-                }
+                tracing::warn!("heartbeat disabled: {}", e.report());
+                heartbeat_ok = false;
             }
         }
     }

@@ -287,31 +287,7 @@ impl ReplicationClient {
 
     /// The next backend message. Cancel-safe.
     async fn next_backend(&mut self) -> Result<Backend> {
-        loop {
-            if let Some((tag, body)) =
-                wire::split_message(&mut self.rbuf).map_err(|e| wire_err(&self.what, e))?
-            {
-                let msg = wire::decode(tag, body).map_err(|e| wire_err(&self.what, e))?;
-                if let Backend::Other(b'S') = msg {
-                    continue;
-                }
-                return Ok(msg);
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
-                self.rbuf.reserve(256 * 1024);
-            }
-            let n = self
-                .io
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(|e| io_err(&self.what, e))?;
-            if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    format!("{}: the server closed the connection", self.what),
-                ));
-            }
-        }
+        read_backend(&mut self.io, &mut self.rbuf, &self.what).await
     }
 
     /// Run a replication or SQL command with the simple query protocol; rows in text.
@@ -430,6 +406,49 @@ impl ReplicationClient {
     }
 }
 
+/// Read the next backend message from `io`, buffering in `rbuf`. Cancel-safe: bytes are in the
+/// buffer before they are parsed. `ParameterStatus` messages are skipped.
+async fn read_backend<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    what: &str,
+) -> Result<Backend> {
+    loop {
+        if let Some((tag, body)) = wire::split_message(rbuf).map_err(|e| wire_err(what, e))? {
+            let msg = wire::decode(tag, body).map_err(|e| wire_err(what, e))?;
+            if let Backend::Other(b'S') = msg {
+                continue;
+            }
+            return Ok(msg);
+        }
+        if rbuf.capacity() - rbuf.len() < 64 * 1024 {
+            rbuf.reserve(256 * 1024);
+        }
+        let n = io.read_buf(rbuf).await.map_err(|e| io_err(what, e))?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!("{what}: the server closed the connection"),
+            ));
+        }
+    }
+}
+
+/// Turn a backend message inside the replication stream into a stream message.
+fn stream_item(msg: Backend, what: &str) -> Result<Option<StreamMessage>> {
+    match msg {
+        Backend::CopyData(data) => wire::decode_stream(data)
+            .map(Some)
+            .map_err(|e| wire_err(what, e)),
+        Backend::CopyDone | Backend::ReadyForQuery | Backend::CommandComplete(_) => Ok(None),
+        Backend::Error(e) => Err(server_err("streaming from the replication slot", &e)),
+        other => Err(Error::new(
+            ErrorKind::Connection,
+            format!("{what}: unexpected message in the replication stream: {other:?}"),
+        )),
+    }
+}
+
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
@@ -469,26 +488,8 @@ impl WalStream for LogicalStream {
     async fn next_message(&mut self) -> Result<Option<StreamMessage>> {
         loop {
             match self.client.next_backend().await? {
-                Backend::CopyData(data) => {
-                    return wire::decode_stream(data)
-                        .map(Some)
-                        .map_err(|e| wire_err(&self.client.what, e));
-                }
-                Backend::CopyDone => return Ok(None),
-                Backend::Error(e) => {
-                    return Err(server_err("streaming from the replication slot", &e));
-                }
                 Backend::Notice(n) => tracing::debug!("replication notice: {}", n.message),
-                Backend::ReadyForQuery | Backend::CommandComplete(_) => return Ok(None),
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Connection,
-                        format!(
-                            "{}: unexpected message in the replication stream: {other:?}",
-                            self.client.what
-                        ),
-                    ));
-                }
+                other => return stream_item(other, &self.client.what),
             }
         }
     }
@@ -499,5 +500,106 @@ impl WalStream for LogicalStream {
             .map_err(|e| io_err(&self.client.what, e))?
             .write(&mut self.client.wbuf);
         self.client.flush().await
+    }
+}
+
+impl LogicalStream {
+    /// Keep reading in a background task while the caller applies: the server's decoding of
+    /// later changes overlaps with the target's work on earlier ones, instead of waiting behind
+    /// it. Up to `budget` bytes of received messages wait in the queue; past that the reader
+    /// stops reading and the server waits (TCP flow control), so memory stays bounded.
+    pub fn pipelined(self, budget: usize) -> PipelinedStream {
+        let ReplicationClient {
+            io,
+            mut rbuf,
+            wbuf,
+            what,
+            ..
+        } = self.client;
+        let (mut read, write) = tokio::io::split(io);
+        let budget = budget.clamp(1, u32::MAX as usize);
+        let permits = Arc::new(tokio::sync::Semaphore::new(budget));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader_what = what.clone();
+        let reader_permits = permits.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let item = match read_backend(&mut read, &mut rbuf, &reader_what).await {
+                    Ok(Backend::Notice(n)) => {
+                        tracing::debug!("replication notice: {}", n.message);
+                        continue;
+                    }
+                    Ok(m) => stream_item(m, &reader_what),
+                    Err(e) => Err(e),
+                };
+                let size = match &item {
+                    Ok(Some(StreamMessage::XLogData { data, .. })) => data.len().clamp(1, budget),
+                    _ => 1,
+                };
+                let Ok(permit) = reader_permits.clone().acquire_many_owned(size as u32).await
+                else {
+                    return;
+                };
+                let end = !matches!(item, Ok(Some(_)));
+                if tx.send((item, permit)).is_err() || end {
+                    return;
+                }
+            }
+        });
+        PipelinedStream {
+            rx,
+            write,
+            wbuf,
+            what,
+            reader,
+        }
+    }
+}
+
+/// A replication stream read ahead by a background task (see [`LogicalStream::pipelined`]).
+pub struct PipelinedStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(
+        Result<Option<StreamMessage>>,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
+    write: tokio::io::WriteHalf<Box<dyn Io>>,
+    wbuf: BytesMut,
+    what: String,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PipelinedStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl WalStream for PipelinedStream {
+    async fn next_message(&mut self) -> Result<Option<StreamMessage>> {
+        match self.rx.recv().await {
+            // The permit goes with the message: its bytes no longer count once handed over.
+            Some((item, _permit)) => item,
+            None => Err(Error::new(
+                ErrorKind::Connection,
+                format!("{}: the replication stream reader stopped", self.what),
+            )),
+        }
+    }
+
+    async fn send_status(&mut self, write: Lsn, flush: Lsn, reply: bool) -> Result<()> {
+        let body: Bytes = wire::status_update(write, flush, flush, pg_now(), reply);
+        frontend::CopyData::new(body)
+            .map_err(|e| io_err(&self.what, e))?
+            .write(&mut self.wbuf);
+        self.write
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| io_err(&self.what, e))?;
+        self.write
+            .flush()
+            .await
+            .map_err(|e| io_err(&self.what, e))?;
+        self.wbuf.clear();
+        Ok(())
     }
 }

@@ -3,4 +3,4 @@
 pub mod client;
 pub mod wire;
 
-pub use client::{CreatedSlot, LogicalStream, ReplicationClient, WalStream};
+pub use client::{CreatedSlot, LogicalStream, PipelinedStream, ReplicationClient, WalStream};

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Change data capture benchmark, in one run on two local servers:
+#
+# (a) steady state: `pgbench -c 4 -j 2 -T $SECONDS` on the source, without and with pgtide
+#     streaming to the target: source TPS both ways, replication lag p50/p99 (a probe row with a
+#     timestamp is inserted on the source every 50 ms; lag = now - newest probe visible on the
+#     target), catch-up time after pgbench stops, then a 2M-row transaction; pgtide's peak RSS.
+# (b) backlog drain: pgtide's slot, a native subscription's slot (CREATE SUBSCRIPTION, disabled)
+#     and pgcopydb's slot are created at the same quiet moment over identical target copies; one
+#     `pgbench -T $SECONDS` backlog accumulates in all three; then each drains it in turn:
+#     `pgtide run --end-lsn`, `ALTER SUBSCRIPTION ... ENABLE`, `pgcopydb follow --endpos`.
+#     Drain rates are printed as ratios to native logical replication's.
+#
+#   bench/cdc.sh                 # the issue's run: 60 s of pgbench, scale 10
+#   SECONDS_RUN=10 bench/cdc.sh  # a quick one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_rust
+ensure_postgres
+command -v pgcopydb >/dev/null 2>&1 || apt_install pgcopydb
+
+RUN=${SECONDS_RUN:-60}
+SCALE=${SCALE:-10}
+WORK=${BENCH_DIR:-/tmp/pgtide-cdc-bench}
+BIN=${PGTIDE_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
+MAJOR=$("$BIN/postgres" --version | sed -E 's/[^0-9]*([0-9]+).*/\1/')
+if ! [ -e "/usr/lib/postgresql/$MAJOR/lib/wal2json.so" ]; then
+    apt_install "postgresql-$MAJOR-wal2json" || echo "    (wal2json unavailable: pgcopydb follow will be skipped)"
+fi
+SPORT=${SPORT:-56432}
+DPORT=${DPORT:-56433}
+cargo build --locked --release -p pgtide >/dev/null
+PGTIDE=$PWD/target/release/pgtide
+
+runas=()
+if [ "$(id -u)" -eq 0 ]; then runas=(runuser -u "${PGTIDE_TEST_USER:-postgres}" --); fi
+cleanup() {
+    [ -n "${PGTIDE_PID:-}" ] && kill "$PGTIDE_PID" 2>/dev/null || true
+    for d in src dst; do
+        [ -d "$WORK/$d" ] && "${runas[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+rm -rf "$WORK"
+mkdir -p "$WORK"
+[ "$(id -u)" -eq 0 ] && chown "${PGTIDE_TEST_USER:-postgres}" "$WORK"
+start_cluster() { # name port
+    "${runas[@]}" "$BIN/initdb" -D "$WORK/$1" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+    "${runas[@]}" "$BIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start -o \
+        "-p $2 -k $WORK -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_size=8GB \
+         -c checkpoint_timeout=30min -c shared_buffers=512MB -c max_replication_slots=20 \
+         -c max_wal_senders=20 -c max_logical_replication_workers=8" >/dev/null
+}
+start_cluster src "$SPORT"
+start_cluster dst "$DPORT"
+ps() { "$BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$WORK" -p "$SPORT" -U postgres "$@"; }
+pd() { "$BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$WORK" -p "$DPORT" -U postgres "$@"; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+pgbench_run() { # seconds -> prints tps
+    "$BIN/pgbench" -n -c 4 -j 2 -T "$1" -h "$WORK" -p "$SPORT" -U postgres src 2>/dev/null \
+        | awk '/^tps/ { printf "%.0f", $3; exit }'
+}
+lsn_ge() { ps -d src -c "SELECT '$1'::pg_lsn >= '$2'::pg_lsn"; }
+
+echo "==> source: pgbench scale $SCALE, a lag probe table"
+ps -d postgres -c "CREATE DATABASE src"
+"$BIN/pgbench" -i -q -s "$SCALE" -h "$WORK" -p "$SPORT" -U postgres src >/dev/null 2>&1
+ps -d src -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY" \
+    -c "CREATE TABLE lag_probe (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())" \
+    -c "CREATE TABLE bulk (id bigint PRIMARY KEY, a text)" -c "VACUUM ANALYZE" -c "CHECKPOINT"
+
+probe() { # write a probe row every 50 ms until killed
+    while true; do echo "INSERT INTO lag_probe DEFAULT VALUES;"; sleep 0.05; done \
+        | "$BIN/psql" -X -q -h "$WORK" -p "$SPORT" -U postgres -d src >/dev/null 2>&1
+}
+sample_lag() { # db outfile: every 200 ms, seconds between now and the newest probe on the target
+    while true; do
+        pd -d "$1" -c "SELECT extract(epoch FROM clock_timestamp() - max(at)) FROM lag_probe" >>"$2" 2>/dev/null || true
+        sleep 0.2
+    done
+}
+percentile() { sort -n "$1" | awk -v p="$2" '{ a[NR] = $1 } END { i = int(NR * p / 100); if (i < 1) i = 1; printf "%.2f", a[i] }'; }
+
+task() { # name db extra-yaml
+    cat > "$WORK/$1.yaml" <<YAML
+name: $1
+source: { url: "postgresql://postgres@127.0.0.1:$SPORT/src?sslmode=disable" }
+target: { url: "postgresql://postgres@127.0.0.1:$DPORT/$2?sslmode=disable" }
+mode: full-load-and-cdc
+$3
+YAML
+}
+
+echo "==> (a) steady state, $RUN s of pgbench -c 4 -j 2"
+TPS_ALONE=$(pgbench_run "$RUN")
+echo "    without pgtide: $TPS_ALONE tps"
+pd -d postgres -c "CREATE DATABASE steady"
+task steady steady "tables: { include: [\"public.*\"] }"
+"$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" --end-lsn "$(ps -d src -c 'SELECT pg_current_wal_insert_lsn()')" >/dev/null
+"$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" >"$WORK/steady.out" 2>&1 &
+PGTIDE_PID=$!
+peak_rss() { # pid outfile: the process's peak RSS (VmHWM, kB), sampled until it exits
+    while [ -r "/proc/$1/status" ]; do awk '/VmHWM/ { print $2 }' "/proc/$1/status" >"$2.tmp" 2>/dev/null && mv "$2.tmp" "$2"; sleep 0.1; done
+}
+peak_rss "$PGTIDE_PID" "$WORK/steady.rss" & RSS_SAMPLER=$!
+sleep 2
+probe & PROBE=$!
+sample_lag steady "$WORK/lag.txt" & SAMPLER=$!
+TPS_WITH=$(pgbench_run "$RUN")
+t_stop=$(now)
+kill $PROBE 2>/dev/null; wait $PROBE 2>/dev/null || true
+last_probe=$(ps -d src -c "SELECT max(id) FROM lag_probe")
+until [ "$(pd -d steady -c "SELECT coalesce(max(id), 0) FROM lag_probe")" -ge "$last_probe" ]; do sleep 0.05; done
+T_CATCHUP=$(secs "$t_stop" "$(now)")
+kill $SAMPLER 2>/dev/null; wait $SAMPLER 2>/dev/null || true
+echo "    with pgtide: $TPS_WITH tps, lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s, caught up ${T_CATCHUP}s after pgbench stopped"
+echo "==> a 2M-row transaction while streaming"
+t0=$(now)
+ps -d src -c "INSERT INTO bulk SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 2000000) g"
+until [ "$(pd -d steady -c "SELECT count(*) FROM bulk")" = 2000000 ]; do sleep 0.2; done
+T_BULK=$(secs "$t0" "$(now)")
+kill -TERM "$PGTIDE_PID"; wait "$PGTIDE_PID" || true; PGTIDE_PID=
+wait "$RSS_SAMPLER" 2>/dev/null || true
+RSS_MB=$(( $(cat "$WORK/steady.rss" 2>/dev/null || echo 0) / 1024 ))
+echo "    applied in ${T_BULK}s; pgtide peak RSS over the whole steady-state run: $RSS_MB MB"
+
+echo "==> (b) backlog drain: three consumers start at the same quiet moment"
+for db in drain_pgtide drain_native drain_pgcopydb; do pd -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"; done
+ps -d src -c "TRUNCATE bulk" -c "CHECKPOINT"
+task drain drain_pgtide "tables: { include: [\"public.*\"] }"
+"$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$(ps -d src -c 'SELECT pg_current_wal_insert_lsn()')" >/dev/null
+"$BIN/pg_dump" -h "$WORK" -p "$SPORT" -U postgres src | pd -d drain_native >/dev/null
+"$BIN/pg_dump" -h "$WORK" -p "$SPORT" -U postgres src | pd -d drain_pgcopydb >/dev/null
+ps -d src -c "CREATE PUBLICATION native_pub FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, lag_probe, bulk"
+pd -d drain_native -c "CREATE SUBSCRIPTION native_sub CONNECTION 'host=127.0.0.1 port=$SPORT user=postgres dbname=src' PUBLICATION native_pub WITH (copy_data = false, enabled = false)"
+PGCOPYDB_OK=1
+export PGCOPYDB_SOURCE_PGURI="postgresql://postgres@127.0.0.1:$SPORT/src?sslmode=disable"
+export PGCOPYDB_TARGET_PGURI="postgresql://postgres@127.0.0.1:$DPORT/drain_pgcopydb?sslmode=disable"
+pgcopydb stream setup --dir "$WORK/pgcopydb" >"$WORK/pgcopydb-setup.log" 2>&1 || { PGCOPYDB_OK=0; echo "    pgcopydb stream setup failed: $(grep -m1 -E 'ERROR|FATAL' "$WORK/pgcopydb-setup.log")"; }
+TPS_BACKLOG=$(pgbench_run "$RUN")
+END=$(ps -d src -c "SELECT pg_current_wal_insert_lsn()")
+BACKLOG=$(ps -d src -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$END', confirmed_flush_lsn)) FROM pg_replication_slots WHERE slot_name = 'native_sub'")
+TXNS=$(ps -d src -c "SELECT count(*) FROM pgbench_history WHERE mtime > now() - interval '$((RUN + 30)) seconds'")
+echo "    backlog: $TXNS pgbench transactions ($TPS_BACKLOG tps), $BACKLOG of WAL in each slot"
+
+t0=$(now)
+"$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
+T_PGTIDE=$(secs "$t0" "$(now)")
+echo "    pgtide: ${T_PGTIDE}s"
+t0=$(now)
+pd -d drain_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
+until [ "$(lsn_ge "$(ps -d src -c "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'native_sub'")" "$END")" = t ]; do sleep 0.05; done
+T_NATIVE=$(secs "$t0" "$(now)")
+echo "    native logical replication: ${T_NATIVE}s"
+T_PGCOPYDB="-"
+if [ "$PGCOPYDB_OK" = 1 ]; then
+    t0=$(now)
+    if pgcopydb follow --dir "$WORK/pgcopydb" --resume --endpos "$END" >"$WORK/pgcopydb-follow.log" 2>&1; then
+        T_PGCOPYDB=$(secs "$t0" "$(now)")
+        echo "    pgcopydb follow: ${T_PGCOPYDB}s"
+    else
+        echo "    pgcopydb follow failed: $(grep -m1 -E 'ERROR|FATAL' "$WORK/pgcopydb-follow.log")"
+    fi
+fi
+for db in drain_pgtide drain_native; do
+    for q in "SELECT count(*), sum(abalance) FROM pgbench_accounts" "SELECT count(*), max(id) FROM pgbench_history"; do
+        a=$(ps -d src -c "$q"); b=$(pd -d "$db" -c "$q")
+        [ "$a" = "$b" ] || echo "    WARNING: $db differs from the source for: $q ($b vs $a)"
+    done
+done
+
+rate() { awk -v n="$TXNS" -v t="$1" 'BEGIN { if (t == "-" || t == 0) print "-"; else printf "%.0f", n / t }'; }
+cat <<EOF
+
+change data capture on $(nproc) cores, pgbench scale $SCALE, $RUN s runs
+(a) steady state: source $TPS_ALONE tps alone, $TPS_WITH tps with pgtide attached ($(ratio "$TPS_WITH" "$TPS_ALONE")x)
+    lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s (target: p99 < 1 s); caught up ${T_CATCHUP} s after pgbench stopped
+    2M-row transaction applied in ${T_BULK} s; pgtide peak RSS $RSS_MB MB (target: < 256 MB)
+(b) drain of $TXNS transactions ($BACKLOG of WAL):
+    pgtide            ${T_PGTIDE} s   $(rate "$T_PGTIDE") txn/s
+    native (SUBSCRIPTION) ${T_NATIVE} s   $(rate "$T_NATIVE") txn/s   pgtide drain rate = $(ratio "$T_NATIVE" "$T_PGTIDE")x native (target >= 2)
+    pgcopydb follow   ${T_PGCOPYDB} s   $(rate "$T_PGCOPYDB") txn/s
+EOF
