@@ -159,14 +159,25 @@ echo "    native logical replication: ${T_NATIVE}s"
 T_PGCOPYDB="-"
 if [ "$PGCOPYDB_OK" = 1 ]; then
     t0=$(now)
-    if pgcopydb follow --dir "$WORK/pgcopydb" --resume --endpos "$END" >"$WORK/pgcopydb-follow.log" 2>&1; then
-        T_PGCOPYDB=$(secs "$t0" "$(now)")
-        echo "    pgcopydb follow: ${T_PGCOPYDB}s"
+    # pgcopydb follow can hang after its own errors and exits 0 when killed, so it gets a deadline
+    # (ten times the native drain, at least 120 s), its log is searched for errors, and its target
+    # is compared with the source like the others before its time counts.
+    deadline=$(awk -v t="$T_NATIVE" 'BEGIN { d = int(t * 10); print (d < 120 ? 120 : d) }')
+    rc=0
+    timeout "$deadline" pgcopydb follow --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb-follow.log" 2>&1 || rc=$?
+    T_ELAPSED=$(secs "$t0" "$(now)")
+    if [ "$rc" = 124 ]; then
+        echo "    pgcopydb follow did not reach the end LSN within ${deadline}s (killed); first error: $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log" | cut -c1-160)"
+    elif [ "$rc" != 0 ] || grep -qE ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log"; then
+        echo "    pgcopydb follow failed (exit $rc): $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log")"
     else
-        echo "    pgcopydb follow failed: $(grep -m1 -E 'ERROR|FATAL' "$WORK/pgcopydb-follow.log")"
+        T_PGCOPYDB=$T_ELAPSED
+        echo "    pgcopydb follow: ${T_PGCOPYDB}s"
     fi
 fi
-for db in drain_pgtide drain_native; do
+DBS="drain_pgtide drain_native"
+[ "$T_PGCOPYDB" != "-" ] && DBS="$DBS drain_pgcopydb"
+for db in $DBS; do
     for q in "SELECT count(*), sum(abalance) FROM pgbench_accounts" "SELECT count(*), max(id) FROM pgbench_history"; do
         a=$(ps -d src -c "$q"); b=$(pd -d "$db" -c "$q")
         [ "$a" = "$b" ] || echo "    WARNING: $db differs from the source for: $q ($b vs $a)"

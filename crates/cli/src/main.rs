@@ -5,6 +5,7 @@ use pgtide::cdc::{self, CdcOptions, CdcStatus};
 use pgtide::demo::{self, DemoOptions};
 use pgtide::fullload::{self, RunOptions};
 use pgtide::logging::{self, LogFormat};
+use pgtide::ops;
 use pgtide::progress::{Display, DisplayMode, Progress};
 use pgtide::shutdown::Shutdown;
 use pgtide_core::lsn::Lsn;
@@ -61,6 +62,41 @@ enum Command {
         /// is applied (the cutover point), e.g. the result of pg_current_wal_lsn() on the source.
         #[arg(long, value_name = "LSN")]
         end_lsn: Option<String>,
+    },
+    /// Where a task stands: phase, per-table statistics, slot, applied position and lag.
+    Status {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare source and target table by table (counts and checksums per key range), naming
+    /// the keys of differing rows. Exits 0 only when everything is equal.
+    Validate {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Only this table (schema.table, repeatable; unquoted names fold to lower case).
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Parallel comparisons.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+        /// Differing rows to name per table (the rest are counted).
+        #[arg(long, default_value_t = 20)]
+        max_keys: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what the task created: replication slot, publications, state on the target,
+    /// spill files. Safe to run twice.
+    Cleanup {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Keep the state schema on the target.
+        #[arg(long)]
+        keep_state: bool,
     },
     /// Start two throwaway servers, build a sample database, load it, verify it, stop them.
     Demo {
@@ -138,6 +174,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     e = interrupted() => Err(e),
                 };
                 shown.finish().await;
+                ops::record_outcome(&task, result.as_ref().err()).await;
                 let report = result?;
                 print!("{}", report.render());
                 return Ok(());
@@ -162,8 +199,59 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(h) = cdc_display {
                 let _ = h.await;
             }
+            ops::record_outcome(&task, result.as_ref().err()).await;
             let outcome = result?;
             print!("{}", outcome.render(&task.name));
+            Ok(())
+        }
+        Command::Status { task, json } => {
+            let task = Task::load(&task)?;
+            let st = ops::status::status(&task).await?;
+            if json {
+                println!("{}", to_json(&st)?);
+            } else {
+                print!("{}", st.render());
+            }
+            Ok(())
+        }
+        Command::Validate {
+            task,
+            tables,
+            threads,
+            max_keys,
+            json,
+        } => {
+            let task = Task::load(&task)?;
+            let opts = ops::validate::ValidateOptions {
+                tables,
+                threads: threads as usize,
+                max_keys,
+                ..Default::default()
+            };
+            let v = tokio::select! {
+                r = ops::validate::validate(&task, &opts) => r?,
+                e = interrupted() => return Err(e),
+            };
+            if json {
+                println!("{}", to_json(&v)?);
+            } else {
+                print!("{}", v.render());
+            }
+            if v.ok() {
+                Ok(())
+            } else {
+                let n = v.tables.iter().filter(|t| !t.equal).count();
+                Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("the target differs from the source in {n} table(s)"),
+                )
+                .with_hint("the differing keys are listed above; while change data capture runs, stop it at an end LSN and validate again for an exact answer"))
+            }
+        }
+        Command::Cleanup { task, keep_state } => {
+            let task = Task::load(&task)?;
+            let report = ops::cleanup::cleanup(&task, keep_state).await?;
+            print!("{}", report.render(&task.name));
             Ok(())
         }
         Command::Demo { scale, threads } => {
@@ -178,6 +266,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::internal(format!("writing JSON: {e}")))
 }
 
 fn main() {

@@ -318,3 +318,50 @@ fn selection_and_target_conflicts_stop_before_any_data_moves() {
         "{out}"
     );
 }
+
+/// A source user subject to row-level security would read only the rows its policies allow.
+/// pgtide reads with `row_security = off`, so the copy fails naming the table and the fix instead
+/// of loading a silent subset; with BYPASSRLS every row arrives.
+#[test]
+fn row_level_security_never_loads_a_silent_subset() {
+    let pair = Pair::start();
+    pair.source.create_database("src").unwrap();
+    pair.source
+        .psql(
+            "src",
+            "CREATE ROLE reader LOGIN; \
+             CREATE TABLE public.notes (id int PRIMARY KEY, author text NOT NULL); \
+             INSERT INTO public.notes SELECT g, CASE WHEN g % 2 = 0 THEN 'reader' ELSE 'other' END FROM generate_series(1, 20) g; \
+             ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY own ON public.notes USING (author = current_user); \
+             GRANT SELECT ON public.notes TO reader;",
+        )
+        .unwrap();
+    pair.target.create_database("dst").unwrap();
+    let reader_url = pair.source.url("src").replacen("postgres@", "reader@", 1);
+    assert!(reader_url.contains("reader@"), "{reader_url}");
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(
+        dir.path(),
+        "rls",
+        &task_yaml("rls", &reader_url, &pair.target.url("dst"), ""),
+    );
+    let (code, stderr) = run_err(&task);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("row-level security") && stderr.contains("notes"),
+        "the error names the table: {stderr}"
+    );
+    assert!(stderr.contains("BYPASSRLS"), "the fix is named: {stderr}");
+
+    pair.source
+        .psql("src", "ALTER ROLE reader BYPASSRLS")
+        .unwrap();
+    run_ok(&task);
+    assert_eq!(
+        pair.target
+            .psql("dst", "SELECT count(*) FROM public.notes")
+            .unwrap(),
+        "20"
+    );
+}

@@ -56,7 +56,13 @@ pub fn driver_config(url: &ConnUrl) -> Config {
 /// Open a connection and run its I/O on a background task. Server notices are logged at
 /// debug level (they can quote user data, e.g. `RAISE NOTICE` in a trigger).
 pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
-    let config = driver_config(url);
+    let mut config = driver_config(url);
+    if matches!(side, Side::Source) {
+        // Row-level security would make COPY and SELECT on the source silently return only the
+        // rows its policies let the task's user see. With `row_security = off` (as pg_dump does)
+        // such a read fails instead, and the error says how to get every row.
+        config.options("-c row_security=off");
+    }
     let what = format!("cannot connect to the {side} {url}");
     let tls = crate::tls::client_config(url)?;
     let is_socket = matches!(url.host, Host::Socket(_));
@@ -187,6 +193,12 @@ pub fn classify_server_error(
             ErrorKind::Auth,
             Some(
                 "check the user and password (URL, password_env, password_file, PGPASSWORD or ~/.pgpass) and pg_hba.conf",
+            ),
+        ),
+        "42501" if message.contains("row-level security") => (
+            ErrorKind::Auth,
+            Some(
+                "the task's user is subject to row-level security on this table and would not read every row: use a superuser or a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS), or exclude the table",
             ),
         ),
         "42501" => (

@@ -16,7 +16,11 @@
 //!                         highest position ever confirmed to the slot (recorded before it is
 //!                         confirmed, so a slot that is further ahead is detected)
 //! pgtide.cdc_table_stats  inserts, updates, deletes, truncates applied per table
+//! pgtide.validation  the last `pgtide validate` result per table
 //! ```
+//!
+//! `pgtide.task.last_error` holds the error the last run stopped with (cleared when a run
+//! starts), so `pgtide status` can show it after the process is gone.
 //!
 //! A table moves through [`TableState`]: `pending` (planned) → `copied` (every chunk done) →
 //! `ready` (its indexes and constraints built). The per-chunk `done_at` is the source of truth
@@ -92,6 +96,15 @@ CREATE TABLE IF NOT EXISTS pgtide.cdc_table_stats (
     deletes bigint NOT NULL DEFAULT 0,
     truncates bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (task, schema_name, table_name)
+);
+ALTER TABLE pgtide.task ADD COLUMN IF NOT EXISTS last_error text;
+CREATE TABLE IF NOT EXISTS pgtide.validation (
+    task text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL,
+    detail text,
+    checked_at timestamptz NOT NULL,
+    PRIMARY KEY (task, table_name)
 );
 CREATE TABLE IF NOT EXISTS pgtide.load_step (
     task text NOT NULL,
@@ -268,6 +281,7 @@ pub async fn start_task<C: GenericClient>(
         "load_step",
         "cdc_progress",
         "cdc_table_stats",
+        "validation",
     ] {
         client
             .execute(&format!("DELETE FROM pgtide.{t} WHERE task = $1"), &[&task])
@@ -280,7 +294,7 @@ pub async fn start_task<C: GenericClient>(
              VALUES ($1, $2, $3, 'prepare', $4, $5) \
              ON CONFLICT (name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, mode = EXCLUDED.mode, \
                phase = 'prepare', source = EXCLUDED.source, pgtide_version = EXCLUDED.pgtide_version, \
-               started_at = now(), updated_at = now(), finished_at = NULL",
+               started_at = now(), updated_at = now(), finished_at = NULL, last_error = NULL",
             &[&task, &fingerprint, &mode, &source, &env!("CARGO_PKG_VERSION")],
         )
         .await
@@ -563,4 +577,16 @@ pub async fn steps_done<C: GenericClient>(client: &C, task: &str) -> Result<Hash
         .await
         .map_err(|e| classify(e, "reading finished steps on the target"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Record the error a run stopped with, or clear it (`None`) when a run ends well.
+pub async fn record_error(client: &Client, task: &str, error: Option<&str>) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pgtide.task SET last_error = $2, updated_at = now() WHERE name = $1",
+            &[&task, &error],
+        )
+        .await
+        .map_err(|e| classify(e, "recording the error on the target"))?;
+    Ok(())
 }

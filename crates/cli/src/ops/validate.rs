@@ -1,0 +1,663 @@
+//! `pgtide validate`: is the target really a copy of the source?
+//!
+//! # Method
+//!
+//! Per table, each side computes on the server, for 1024 buckets of rows, a row count and an
+//! order-independent checksum (the sum of the first 64 bits of each row's MD5 over its text
+//! form, see [`pgtide_postgres::compare`]). A row's bucket comes from the MD5 of its key's text,
+//! so a row lands in the same bucket on both sides whatever its physical position; a table
+//! without a key is bucketed by the whole row. Only buckets whose count or checksum differ are
+//! read again, row by row (key text and row hash), and compared as multisets, which names each
+//! difference: a row missing on the target, a row only on the target, a changed value, a key
+//! present more than once. No row content is read into pgtide except key values, which are
+//! printed because the operator needs them to act; rows of keyless tables are only counted.
+//!
+//! # Consistency
+//!
+//! All workers on one side read from one exported snapshot, so each side is compared as of one
+//! instant. While change data capture is running the two instants differ by the replication
+//! lag, so buckets that differ are compared again, with fresh snapshots, until they agree or
+//! the rounds run out: a real difference persists, a difference in flight settles. For an exact
+//! answer on a busy source, stop the stream at an end LSN first (`pgtide run --end-lsn`).
+//!
+//! Both sessions pin the output settings that make value text server-independent (time zone,
+//! date style, float digits, bytea format), so equal values hash equally across versions.
+
+use crate::plan;
+use pgtide_core::endpoint::ConnUrl;
+use pgtide_core::ident::{QualifiedName, quote_ident};
+use pgtide_core::selection::TablePattern;
+use pgtide_core::task::Task;
+use pgtide_core::{Error, ErrorKind, Result};
+use pgtide_postgres::compare::pin_output_settings;
+use pgtide_postgres::connect::{Side, classify, connect};
+use pgtide_postgres::introspect;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+/// Buckets per table.
+const BUCKETS: i32 = 1024;
+
+/// Options from the command line.
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    /// Only these tables (`schema.table`, PostgreSQL identifier rules); empty = all selected.
+    pub tables: Vec<String>,
+    /// Parallel workers (each one connection per side).
+    pub threads: usize,
+    /// Differences named per table; the rest are counted.
+    pub max_keys: usize,
+    /// Extra comparison rounds for differing buckets while a run of the task is active.
+    pub settle_rounds: u32,
+    /// Pause between settle rounds.
+    pub settle_pause: Duration,
+}
+
+impl Default for ValidateOptions {
+    fn default() -> Self {
+        ValidateOptions {
+            tables: Vec::new(),
+            threads: 4,
+            max_keys: 20,
+            settle_rounds: 5,
+            settle_pause: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One kind of row difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffKind {
+    /// On the source, not on the target.
+    MissingOnTarget,
+    /// On the target, not on the source.
+    ExtraOnTarget,
+    /// Same key on both sides, different values.
+    Changed,
+    /// The key appears more times on the target than on the source.
+    DuplicateOnTarget,
+}
+
+impl DiffKind {
+    fn label(self) -> &'static str {
+        match self {
+            DiffKind::MissingOnTarget => "missing on target",
+            DiffKind::ExtraOnTarget => "extra on target",
+            DiffKind::Changed => "changed",
+            DiffKind::DuplicateOnTarget => "duplicate on target",
+        }
+    }
+}
+
+/// One named difference.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowDiff {
+    /// What differs.
+    pub kind: DiffKind,
+    /// The key, as `(col1, col2)=(v1, v2)`; absent for tables without a key.
+    pub key: Option<String>,
+}
+
+/// The result for one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableValidation {
+    /// Source table.
+    pub table: String,
+    /// Target table.
+    pub target: String,
+    /// `equal` or `different`.
+    pub equal: bool,
+    /// Rows on the source.
+    pub source_rows: i64,
+    /// Rows on the target.
+    pub target_rows: i64,
+    /// Key columns used to bucket and name rows (empty: no key).
+    pub key: Vec<String>,
+    /// Differences, at most `max_keys`.
+    pub differences: Vec<RowDiff>,
+    /// Differences beyond those named.
+    pub more_differences: u64,
+    /// Seconds spent on this table.
+    pub seconds: f64,
+}
+
+/// The result of a validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    /// Task name.
+    pub task: String,
+    /// Per table, in name order.
+    pub tables: Vec<TableValidation>,
+    /// Rounds run again because a run of the task was active.
+    pub settle_rounds_used: u32,
+    /// Seconds in total.
+    pub seconds: f64,
+}
+
+impl Validation {
+    /// Every table equal.
+    pub fn ok(&self) -> bool {
+        self.tables.iter().all(|t| t.equal)
+    }
+
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let equal = self.tables.iter().filter(|t| t.equal).count();
+        out.push_str(&format!(
+            "validation of task {}: {equal}/{} tables equal ({:.1} s)\n",
+            self.task,
+            self.tables.len(),
+            self.seconds
+        ));
+        for t in &self.tables {
+            if t.equal {
+                out.push_str(&format!(
+                    "  equal      {}  {} rows\n",
+                    t.table, t.source_rows
+                ));
+                continue;
+            }
+            out.push_str(&format!(
+                "  DIFFERENT  {}  source {} rows, target {} rows\n",
+                t.table, t.source_rows, t.target_rows
+            ));
+            for d in &t.differences {
+                match &d.key {
+                    Some(k) => out.push_str(&format!("      {}: {k}\n", d.kind.label())),
+                    None => out.push_str(&format!(
+                        "      one row {} (the table has no key to name it by)\n",
+                        d.kind.label()
+                    )),
+                }
+            }
+            if t.more_differences > 0 {
+                out.push_str(&format!("      ... and {} more\n", t.more_differences));
+            }
+        }
+        out
+    }
+}
+
+/// What to compare for one table.
+#[derive(Debug, Clone)]
+struct Job {
+    source: QualifiedName,
+    target: QualifiedName,
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+impl Job {
+    fn row_text(&self) -> String {
+        if self.columns.is_empty() {
+            return "''".into();
+        }
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        format!("ROW({})::text", cols.join(", "))
+    }
+
+    fn key_text(&self) -> String {
+        if self.key.is_empty() {
+            return self.row_text();
+        }
+        let cols: Vec<String> = self.key.iter().map(|c| quote_ident(c)).collect();
+        format!("ROW({})::text", cols.join(", "))
+    }
+
+    fn bucket_expr(&self) -> String {
+        format!(
+            "(('x' || substr(md5({}), 1, 8))::bit(32)::int4 & {})",
+            self.key_text(),
+            BUCKETS - 1
+        )
+    }
+
+    fn hash_expr(&self) -> String {
+        format!(
+            "('x' || substr(md5({}), 1, 16))::bit(64)::int8::numeric",
+            self.row_text()
+        )
+    }
+
+    /// Count and checksum per bucket (only `buckets` when given).
+    fn bucket_sql(&self, table: &QualifiedName, filtered: bool) -> String {
+        format!(
+            "SELECT b, count(*), sum(h)::text FROM (SELECT {} AS b, {} AS h FROM ONLY {}) s {} GROUP BY b",
+            self.bucket_expr(),
+            self.hash_expr(),
+            table.quoted(),
+            if filtered { "WHERE b = ANY($1)" } else { "" }
+        )
+    }
+
+    /// Key text and row hash of the rows in `buckets`.
+    fn rows_sql(&self, table: &QualifiedName) -> String {
+        format!(
+            "SELECT k, md5(r) FROM (SELECT {} AS b, {} AS k, {} AS r FROM ONLY {}) s WHERE b = ANY($1)",
+            self.bucket_expr(),
+            self.key_text(),
+            self.row_text(),
+            table.quoted()
+        )
+    }
+}
+
+type Buckets = HashMap<i32, (i64, String)>;
+
+/// Compare source and target for the task's tables.
+pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation> {
+    let started = Instant::now();
+    let (src_snap, src_name) = export(&task.source.url, Side::Source).await?;
+    let (dst_snap, dst_name) = export(&task.target.url, Side::Target).await?;
+    let schema = introspect::introspect(&src_snap).await?;
+    let (load_plan, _) = plan::plan(&schema, task)?;
+    let by_oid: HashMap<u32, &pgtide_core::schema::Table> =
+        schema.tables.iter().map(|t| (t.oid, t)).collect();
+    let wanted: Vec<TablePattern> = opts
+        .tables
+        .iter()
+        .map(|p| {
+            TablePattern::parse(p)
+                .map_err(|e| Error::config(format!("--table {p}: {}", e.message())))
+        })
+        .collect::<Result<_>>()?;
+    let mut jobs = Vec::new();
+    for t in &load_plan.tables {
+        if !wanted.is_empty()
+            && !wanted
+                .iter()
+                .any(|p| p.matches(&t.source.schema, &t.source.name))
+        {
+            continue;
+        }
+        let key = by_oid
+            .get(&t.oid)
+            .and_then(|s| s.primary_key.as_ref())
+            .map(|k| k.columns.clone())
+            .unwrap_or_default();
+        jobs.push(Job {
+            source: t.source.clone(),
+            target: t.target.clone(),
+            columns: by_oid
+                .get(&t.oid)
+                .map(|s| s.columns.iter().map(|c| c.name.clone()).collect())
+                .unwrap_or_else(|| t.columns.clone()),
+            key,
+        });
+    }
+    if !wanted.is_empty() && jobs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "--table {} matches none of the task's tables",
+                opts.tables.join(", ")
+            ),
+        )
+        .with_hint("give schema.table as on the source; unquoted names fold to lower case"));
+    }
+    let active = run_active(&dst_snap, &task.name).await?;
+
+    let queue = Arc::new(Mutex::new(jobs));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..opts.threads.max(1) {
+        let queue = queue.clone();
+        let results = results.clone();
+        let (src_url, dst_url) = (task.source.url.clone(), task.target.url.clone());
+        let (src_name, dst_name) = (src_name.clone(), dst_name.clone());
+        let opts = opts.clone();
+        workers.push(tokio::spawn(async move {
+            let src = session(&src_url, Side::Source, &src_name).await?;
+            let dst = session(&dst_url, Side::Target, &dst_name).await?;
+            loop {
+                let Some(job) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
+                let r =
+                    compare_table(&src, &dst, &job, &opts, active, (&src_url, &dst_url)).await?;
+                results.lock().expect("results").push(r);
+            }
+            let _ = src.batch_execute("COMMIT").await;
+            let _ = dst.batch_execute("COMMIT").await;
+            Ok::<_, Error>(())
+        }));
+    }
+    let mut first_err = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(Error::internal(format!("validation worker: {e}")));
+            }
+        }
+    }
+    let _ = src_snap.batch_execute("COMMIT").await;
+    let _ = dst_snap.batch_execute("COMMIT").await;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut tables: Vec<(TableValidation, u32)> =
+        std::mem::take(&mut *results.lock().expect("results"));
+    tables.sort_by(|a, b| a.0.table.cmp(&b.0.table));
+    let settle_rounds_used = tables.iter().map(|t| t.1).max().unwrap_or(0);
+    let validation = Validation {
+        task: task.name.clone(),
+        tables: tables.into_iter().map(|t| t.0).collect(),
+        settle_rounds_used,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    record(&task.target.url, &task.name, &validation).await;
+    Ok(validation)
+}
+
+/// Open a connection, start a repeatable-read transaction and export its snapshot.
+async fn export(url: &ConnUrl, side: Side) -> Result<(Client, String)> {
+    let client = connect(url, side).await?;
+    pin_output_settings(&client).await?;
+    client
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
+             BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        )
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                &format!("starting the validation snapshot on the {side}"),
+            )
+        })?;
+    let name: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| classify(e, &format!("exporting a snapshot on the {side}")))?
+        .get(0);
+    Ok((client, name))
+}
+
+/// A worker's connection inside the exported snapshot.
+async fn session(url: &ConnUrl, side: Side, snapshot: &str) -> Result<Client> {
+    let client = connect(url, side).await?;
+    pin_output_settings(&client).await?;
+    pgtide_postgres::snapshot::begin_in_snapshot(&client, snapshot).await?;
+    Ok(client)
+}
+
+/// True when a run of the task holds its lock on the target.
+async fn run_active(target: &Client, task: &str) -> Result<bool> {
+    Ok(target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+               AND classid = hashtext('pgtide')::oid AND objid = hashtext($1)::oid AND objsubid = 2)",
+            &[&task],
+        )
+        .await
+        .map_err(|e| classify(e, "looking for an active run of the task on the target"))?
+        .get(0))
+}
+
+async fn buckets(
+    client: &Client,
+    job: &Job,
+    table: &QualifiedName,
+    only: Option<&[i32]>,
+    side: Side,
+) -> Result<Buckets> {
+    let sql = job.bucket_sql(table, only.is_some());
+    let rows = match only {
+        Some(b) => client.query(&sql, &[&b]).await,
+        None => client.query(&sql, &[]).await,
+    }
+    .map_err(|e| classify(e, &format!("checksumming {table} on the {side}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0),
+                (r.get::<_, i64>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}
+
+fn differing(a: &Buckets, b: &Buckets) -> Vec<i32> {
+    let mut out: Vec<i32> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(k) != b.get(k))
+        .copied()
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+async fn compare_table(
+    src: &Client,
+    dst: &Client,
+    job: &Job,
+    opts: &ValidateOptions,
+    active: bool,
+    urls: (&ConnUrl, &ConnUrl),
+) -> Result<(TableValidation, u32)> {
+    let started = Instant::now();
+    let s = buckets(src, job, &job.source, None, Side::Source).await?;
+    let d = buckets(dst, job, &job.target, None, Side::Target).await?;
+    let source_rows: i64 = s.values().map(|v| v.0).sum();
+    let target_rows: i64 = d.values().map(|v| v.0).sum();
+    let mut diff = differing(&s, &d);
+    let mut rounds = 0;
+    let mut result = TableValidation {
+        table: job.source.to_string(),
+        target: job.target.to_string(),
+        equal: diff.is_empty(),
+        source_rows,
+        target_rows,
+        key: job.key.clone(),
+        differences: Vec::new(),
+        more_differences: 0,
+        seconds: 0.0,
+    };
+    if diff.is_empty() {
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok((result, 0));
+    }
+    // While a run applies changes, the two snapshots are apart by the lag: compare what
+    // differs again with fresh reads until it settles.
+    let (fresh_src, fresh_dst);
+    let (mut rs, mut rd) = (src, dst);
+    if active && opts.settle_rounds > 0 {
+        fresh_src = fresh(urls.0, Side::Source).await?;
+        fresh_dst = fresh(urls.1, Side::Target).await?;
+        rs = &fresh_src;
+        rd = &fresh_dst;
+        while !diff.is_empty() && rounds < opts.settle_rounds {
+            rounds += 1;
+            tokio::time::sleep(opts.settle_pause).await;
+            let s2 = buckets(rs, job, &job.source, Some(&diff), Side::Source).await?;
+            let d2 = buckets(rd, job, &job.target, Some(&diff), Side::Target).await?;
+            diff = differing(&s2, &d2);
+        }
+        if diff.is_empty() {
+            result.equal = true;
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok((result, rounds));
+        }
+    }
+    name_differences(rs, rd, job, &diff, opts.max_keys, &mut result).await?;
+    result.seconds = started.elapsed().as_secs_f64();
+    Ok((result, rounds))
+}
+
+/// A connection outside the snapshot, for settle rounds: each statement sees the latest data.
+/// (The worker's own sessions stay in the snapshot for the tables that come next.)
+async fn fresh(url: &ConnUrl, side: Side) -> Result<Client> {
+    let client = connect(url, side).await?;
+    pin_output_settings(&client).await?;
+    Ok(client)
+}
+
+/// Key text → row hashes of the rows in `buckets`.
+async fn read_rows(
+    client: &Client,
+    job: &Job,
+    table: &QualifiedName,
+    buckets: &[i32],
+    side: Side,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let rows = client
+        .query(&job.rows_sql(table), &[&buckets])
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                &format!("reading differing rows of {table} on the {side}"),
+            )
+        })?;
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        m.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    Ok(m)
+}
+
+async fn name_differences(
+    src: &Client,
+    dst: &Client,
+    job: &Job,
+    diff: &[i32],
+    max_keys: usize,
+    result: &mut TableValidation,
+) -> Result<()> {
+    let s = read_rows(src, job, &job.source, diff, Side::Source).await?;
+    let d = read_rows(dst, job, &job.target, diff, Side::Target).await?;
+    let keyed = !job.key.is_empty();
+    let key_label = |k: &str| {
+        let cols: Vec<String> = job.key.iter().map(|c| quote_ident(c)).collect();
+        format!("({})={}", cols.join(", "), k)
+    };
+    let mut found: Vec<RowDiff> = Vec::new();
+    let mut keys: Vec<&String> = s.keys().chain(d.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let empty = Vec::new();
+        let (a, b) = (s.get(k).unwrap_or(&empty), d.get(k).unwrap_or(&empty));
+        let key = keyed.then(|| key_label(k));
+        if keyed {
+            if b.is_empty() {
+                found.push(RowDiff {
+                    kind: DiffKind::MissingOnTarget,
+                    key,
+                });
+            } else if a.is_empty() {
+                found.push(RowDiff {
+                    kind: DiffKind::ExtraOnTarget,
+                    key,
+                });
+            } else if b.len() > a.len() {
+                found.push(RowDiff {
+                    kind: DiffKind::DuplicateOnTarget,
+                    key,
+                });
+            } else if b.len() < a.len() {
+                found.push(RowDiff {
+                    kind: DiffKind::MissingOnTarget,
+                    key,
+                });
+            } else {
+                let (mut x, mut y) = (a.clone(), b.clone());
+                x.sort();
+                y.sort();
+                if x != y {
+                    found.push(RowDiff {
+                        kind: DiffKind::Changed,
+                        key,
+                    });
+                }
+            }
+        } else {
+            // Keyless: the "key" is the whole row; only the counts can be reported.
+            for _ in b.len()..a.len() {
+                found.push(RowDiff {
+                    kind: DiffKind::MissingOnTarget,
+                    key: None,
+                });
+            }
+            for _ in a.len()..b.len() {
+                found.push(RowDiff {
+                    kind: DiffKind::ExtraOnTarget,
+                    key: None,
+                });
+            }
+        }
+    }
+    if found.is_empty() {
+        // Same rows, same hashes, different bucket sums cannot happen; report rather than hide.
+        return Err(Error::internal(format!(
+            "{}: bucket checksums differ but no row differs",
+            job.source
+        )));
+    }
+    if found.len() > max_keys {
+        result.more_differences = (found.len() - max_keys) as u64;
+        found.truncate(max_keys);
+    }
+    result.differences = found;
+    Ok(())
+}
+
+/// Record the outcome per table on the target, for `status`. Best effort: validation's answer
+/// is what it prints; a target without pgtide's state (or read-only) does not make it fail.
+async fn record(url: &ConnUrl, task: &str, v: &Validation) {
+    let result =
+        async {
+            let client = connect(url, Side::Target).await?;
+            let exists: bool = client
+                .query_one("SELECT to_regclass('pgtide.task') IS NOT NULL", &[])
+                .await
+                .map_err(|e| classify(e, "looking for pgtide state"))?
+                .get(0);
+            if !exists {
+                return Ok(());
+            }
+            pgtide_postgres::state::ensure_schema(&client).await?;
+            for t in &v.tables {
+                let detail = if t.equal {
+                    format!("{} rows", t.source_rows)
+                } else {
+                    format!(
+                        "{} differences; source {} rows, target {} rows",
+                        t.differences.len() as u64 + t.more_differences,
+                        t.source_rows,
+                        t.target_rows
+                    )
+                };
+                client
+                .execute(
+                    "INSERT INTO pgtide.validation (task, table_name, state, detail, checked_at) \
+                     VALUES ($1, $2, $3, $4, now()) \
+                     ON CONFLICT (task, table_name) DO UPDATE SET state = excluded.state, \
+                     detail = excluded.detail, checked_at = excluded.checked_at",
+                    &[&task, &t.table, &if t.equal { "equal" } else { "different" }, &detail],
+                )
+                .await
+                .map_err(|e| classify(e, "recording the validation on the target"))?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(
+            "validation result not recorded on the target: {}",
+            e.report()
+        );
+    }
+}
