@@ -8,6 +8,7 @@
 //! - [`fullload`]: the full load's phases: check, prepare, copy with per-table DDL, finish.
 //! - [`scheduler`]: the work queue shared by the load's workers.
 //! - [`progress`] and [`report`]: what the operator sees while it runs and at the end.
+//! - [`metrics`]: Prometheus metrics and a JSON status over HTTP for a running task.
 //! - [`ops`]: `cleanup`, `status` and `validate`.
 //! - [`verify`]: a whole-database comparison (tables, sequences, schema objects).
 //! - [`demo`] and [`demo_data`]: `pgtide demo` on throwaway servers.
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod demo_data;
 pub mod fullload;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod progress;

@@ -62,6 +62,18 @@ enum Command {
         /// is applied (the cutover point), e.g. the result of pg_current_wal_lsn() on the source.
         #[arg(long, value_name = "LSN")]
         end_lsn: Option<String>,
+        /// Serve Prometheus metrics (/metrics) and a JSON status (/status) on HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+    },
+    /// Check every prerequisite and risk of the task, each with its fix. Exits non-zero when
+    /// anything blocks the task.
+    Check {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Where a task stands: phase, per-table statistics, slot, applied position and lag.
     Status {
@@ -147,8 +159,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
             task,
             restart,
             end_lsn,
+            metrics_addr,
         } => {
             let task = Task::load(&task)?;
+            preflight(&task).await?;
             let end_lsn: Option<Lsn> = match end_lsn {
                 Some(s) => Some(
                     s.parse()
@@ -164,6 +178,17 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .with_hint("set mode: full-load-and-cdc or cdc in the task file"));
                 }
                 let progress = Arc::new(Progress::new());
+                if let Some(addr) = &metrics_addr {
+                    pgtide::metrics::serve(
+                        addr,
+                        pgtide::metrics::Sources {
+                            task: task.name.clone(),
+                            progress: progress.clone(),
+                            cdc: None,
+                        },
+                    )
+                    .await?;
+                }
                 let shown = Display::start(progress.clone(), display);
                 let options = RunOptions {
                     restart,
@@ -184,6 +209,17 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let progress = Arc::new(Progress::new());
             let shown = Display::start(progress.clone(), display);
             let status = Arc::new(CdcStatus::default());
+            if let Some(addr) = &metrics_addr {
+                pgtide::metrics::serve(
+                    addr,
+                    pgtide::metrics::Sources {
+                        task: task.name.clone(),
+                        progress: progress.clone(),
+                        cdc: Some(status.clone()),
+                    },
+                )
+                .await?;
+            }
             let stop_display = Arc::new(tokio::sync::Notify::new());
             let cdc_display = cdc::spawn_display(status.clone(), display, stop_display.clone());
             let result = cdc::run(
@@ -202,6 +238,24 @@ async fn run(cli: Cli) -> Result<(), Error> {
             ops::record_outcome(&task, result.as_ref().err()).await;
             let outcome = result?;
             print!("{}", outcome.render(&task.name));
+            Ok(())
+        }
+        Command::Check { task, json } => {
+            let task = Task::load(&task)?;
+            let report = ops::check::check(&task).await;
+            if json {
+                println!("{}", to_json(&report)?);
+            } else {
+                print!("{}", report.render(false));
+            }
+            let blocking = report.blocking().count();
+            if blocking > 0 {
+                return Err(Error::new(
+                    ErrorKind::Prerequisite,
+                    format!("{blocking} problem(s) block task {}", task.name),
+                )
+                .with_hint("apply the fixes listed above and run pgtide check again"));
+            }
             Ok(())
         }
         Command::Status { task, json } => {
@@ -266,6 +320,31 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
+}
+
+/// The blocking part of `pgtide check`, before `run` creates anything: every blocking problem
+/// is listed at once. When a server cannot be reached, the run's own connection error (with
+/// its retry classification) is what the operator sees.
+async fn preflight(task: &Task) -> Result<(), Error> {
+    let report = ops::check::check(task).await;
+    if !report.connected {
+        return Ok(());
+    }
+    let blocking: Vec<&ops::check::Finding> = report.blocking().collect();
+    if blocking.is_empty() {
+        return Ok(());
+    }
+    let mut text = format!("{} problem(s) block task {}:", blocking.len(), task.name);
+    for b in &blocking {
+        text.push_str(&format!("\n  - {}: {}", b.subject, b.message));
+        if let Some(fix) = &b.fix {
+            text.push_str(&format!("\n    fix: {fix}"));
+        }
+    }
+    Err(Error::new(ErrorKind::Prerequisite, text).with_hint(format!(
+        "apply the fixes, then run again (pgtide check {} lists every finding)",
+        task.name
+    )))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {

@@ -20,6 +20,15 @@ fn table<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("{name} in status: {status:#}"))
 }
 
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 #[test]
 fn status_validate_and_cleanup() {
     let pair = Pair::start();
@@ -110,7 +119,18 @@ fn status_validate_and_cleanup() {
     assert!(out.contains("3/3 tables equal"), "{out}");
 
     // A running task: status says so, cleanup refuses.
-    let run = Running::start(dir.path(), "live", &["run", t], &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let run = Running::start(
+        dir.path(),
+        "live",
+        &["run", t, "--metrics-addr", &addr],
+        &[],
+    );
     wait_until(60, "the stream to start", || {
         pair.source
             .psql(
@@ -130,6 +150,29 @@ fn status_validate_and_cleanup() {
         .unwrap();
     let out = run_ok_args(&["validate", t]);
     assert!(out.contains("3/3 tables equal"), "{out}");
+    // Metrics count what this process applied; no connection strings in them.
+    let expected =
+        "pgtide_cdc_changes_applied_total{task=\"ops\",table=\"public.items\",op=\"insert\"} 500";
+    wait_until(30, "the inserts in the metrics", || {
+        http_get(&addr, "/metrics").contains(expected)
+    });
+    let metrics = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("# TYPE pgtide_cdc_lag_bytes gauge"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("table=\"\\\"Sales\\\".\\\"Order Lines\\\"\",op=\"update\"} 300"),
+        "{metrics}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(http_get(&addr, "/status").split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(status["task"], "ops");
+    assert!(status["lag_bytes"].is_number(), "{status:#}");
+    for body in [&metrics, &http_get(&addr, "/status")] {
+        assert!(!body.contains("postgresql://"), "{body}");
+    }
+    assert!(http_get(&addr, "/nope").starts_with("HTTP/1.1 404"));
     let st = status_json(&task);
     assert_eq!(st["running"], true, "{st:#}");
     assert!(st["cdc"]["changes_per_second"].is_number(), "{st:#}");
@@ -283,4 +326,130 @@ fn status_validate_and_cleanup() {
     let o = pgtide(&["status", t]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("has not run against this target"));
+}
+
+#[test]
+fn check_reports_each_problem_with_its_fix_and_run_refuses() {
+    let pair = Pair::start();
+    // The "bad" source is the server started without logical WAL.
+    let bad = &pair.target;
+    bad.create_database("src").unwrap();
+    bad.psql(
+        "src",
+        "CREATE ROLE weak LOGIN; \
+         CREATE TABLE public.items (id int PRIMARY KEY, v text); \
+         CREATE TABLE public.\"Items\" (id int PRIMARY KEY, v text); \
+         CREATE TABLE public.log (at timestamptz, msg text); \
+         GRANT SELECT ON public.items, public.\"Items\" TO weak;",
+    )
+    .unwrap();
+    pair.source.create_database("dst").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let weak_url = bad.url("src").replacen("postgres@", "weak@", 1);
+    let task = task_file(
+        dir.path(),
+        "chk",
+        &task_yaml("chk", &weak_url, &pair.source.url("dst"), "")
+            .replace("mode: full-load\n", "mode: full-load-and-cdc\n"),
+    );
+    let t = task.to_str().unwrap();
+    let out = pgtide(&["--progress", "none", "check", t]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for (what, needles) in [
+        (
+            "wal_level",
+            &[
+                "wal_level = replica",
+                "ALTER SYSTEM SET wal_level = logical",
+            ][..],
+        ),
+        (
+            "replication",
+            &["neither REPLICATION nor superuser", "WITH REPLICATION"][..],
+        ),
+        (
+            "select",
+            &[
+                "cannot read these tables",
+                "GRANT SELECT ON \"public\".\"log\" TO",
+            ][..],
+        ),
+        (
+            "keyless",
+            &[
+                "public.log: no primary key",
+                "ADD PRIMARY KEY",
+                "tables_without_key: insert-only",
+            ][..],
+        ),
+        (
+            "collision",
+            &["public.\"Items\" and public.items", "differ only by case"][..],
+        ),
+        ("publication", &["only a table's owner"][..]),
+    ] {
+        for n in needles {
+            assert!(stdout.contains(n), "{what}: missing {n:?} in\n{stdout}");
+        }
+    }
+    assert!(stderr.contains("block task chk"), "{stderr}");
+
+    let out = pgtide(&["--progress", "none", "check", t, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    for c in [
+        "wal_level",
+        "replication_privilege",
+        "select_privilege",
+        "table_without_key",
+        "publication_privilege",
+    ] {
+        assert!(errors.contains(&c), "{c} not among the errors {errors:?}");
+    }
+
+    // run refuses before creating anything, listing every blocking problem.
+    let (code, stderr) = run_err(&task);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("block task chk")
+            && stderr.contains("wal_level")
+            && stderr.contains("GRANT SELECT"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pair.source
+            .psql(
+                "dst",
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgtide'"
+            )
+            .unwrap(),
+        "0"
+    );
+
+    // A correct setup passes.
+    pair.source.create_database("good").unwrap();
+    pair.source
+        .psql(
+            "good",
+            "CREATE TABLE public.items (id int PRIMARY KEY, v text)",
+        )
+        .unwrap();
+    bad.create_database("dst2").unwrap();
+    let task = task_file(
+        dir.path(),
+        "good",
+        &task_yaml("good", &pair.source.url("good"), &bad.url("dst2"), "")
+            .replace("mode: full-load\n", "mode: full-load-and-cdc\n"),
+    );
+    let out = run_ok_args(&["check", task.to_str().unwrap()]);
+    assert!(out.contains("0 error(s)"), "{out}");
+    assert!(out.contains("replication connection"), "{out}");
 }

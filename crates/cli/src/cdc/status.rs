@@ -32,6 +32,7 @@ struct State {
 #[derive(Debug, Default)]
 pub struct CdcStatus {
     state: Mutex<State>,
+    errors: std::sync::atomic::AtomicU64,
 }
 
 /// A snapshot of the status, for display and reports.
@@ -73,6 +74,17 @@ impl CdcStatus {
                 b.truncates += v.truncates;
             }
         });
+    }
+
+    /// Count an error that was retried.
+    pub fn count_error(&self) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Errors retried so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Set the phase.

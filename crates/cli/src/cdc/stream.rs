@@ -91,6 +91,7 @@ pub async fn stream(
             Ok(stop) => return Ok(stop),
             Err(e) if e.is_retryable() && !shutdown.is_triggered() => {
                 status.set_phase("reconnecting");
+                status.count_error();
                 tracing::warn!(retry_in_s = delay.as_secs(), "{}", e.report());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -1,11 +1,13 @@
 //! Operating a migration: the commands around `run`.
 //!
+//! - [`check`]: every prerequisite and risk, with its fix; `run` refuses to start on errors.
 //! - [`cleanup`]: remove what a task created (slot, publications, state, spill files).
 //! - [`status`]: where a task stands, from the state on the target and the slot on the source.
 //! - [`validate`]: compare source and target table by table, naming differing keys.
 //!
 //! Each reads the task file like `run` does, so the same file drives the whole migration.
 
+pub mod check;
 pub mod cleanup;
 pub mod status;
 pub mod validate;
