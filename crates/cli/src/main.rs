@@ -66,6 +66,15 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
     },
+    /// Show what a run would move (tables, target names, columns, keys, CDC treatment, COPY
+    /// format, split) resolved against the source, without moving anything.
+    Plan {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every prerequisite and risk of the task, each with its fix. Exits non-zero when
     /// anything blocks the task.
     Check {
@@ -100,6 +109,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Re-copy differing rows of keyed tables from the source (the task must not be running).
+        #[arg(long)]
+        repair: bool,
     },
     /// Remove what the task created: replication slot, publications, state on the target,
     /// spill files. Safe to run twice.
@@ -240,6 +252,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
             print!("{}", outcome.render(&task.name));
             Ok(())
         }
+        Command::Plan { task, json } => {
+            let task = Task::load(&task)?;
+            let plan = ops::dry_run::dry_run(&task).await?;
+            if json {
+                println!("{}", to_json(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+            Ok(())
+        }
         Command::Check { task, json } => {
             let task = Task::load(&task)?;
             let report = ops::check::check(&task).await;
@@ -274,12 +296,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
             threads,
             max_keys,
             json,
+            repair,
         } => {
             let task = Task::load(&task)?;
             let opts = ops::validate::ValidateOptions {
                 tables,
                 threads: threads as usize,
                 max_keys,
+                repair,
                 ..Default::default()
             };
             let v = tokio::select! {

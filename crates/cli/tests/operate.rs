@@ -268,6 +268,44 @@ fn status_validate_and_cleanup() {
     let st = status_json(&task);
     assert_eq!(table(&st, "public.items")["validation"], "different");
 
+    // --repair re-copies the differing rows of keyed tables; the keyless one is reported.
+    let out = pgtide(&["--progress", "none", "validate", t, "--repair"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("repaired: 3 target rows deleted, 2 copied from the source; now equal"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("repaired: 0 target rows deleted, 1 copied from the source; now equal"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not repaired: the table has no key"),
+        "{stdout}"
+    );
+    let out = run_ok_args(&[
+        "validate",
+        t,
+        "--table",
+        "public.items",
+        "--table",
+        "\"Sales\".\"Order Lines\"",
+    ]);
+    assert!(out.contains("2/2 tables equal"), "{out}");
+    assert_eq!(
+        pair.target
+            .psql("dst", "SELECT doc::text FROM public.items WHERE id = 5")
+            .unwrap(),
+        "{\"g\": 5}"
+    );
+    let st = status_json(&task);
+    assert_eq!(
+        table(&st, "public.items")["validation"],
+        "equal",
+        "the check after the repair is recorded"
+    );
+
     // A run that fails leaves its error for status.
     pair.source
         .psql("src", "SELECT pg_drop_replication_slot('pgtide_ops')")
@@ -414,6 +452,25 @@ fn check_reports_each_problem_with_its_fix_and_run_refuses() {
     ] {
         assert!(errors.contains(&c), "{c} not among the errors {errors:?}");
     }
+
+    // plan shows how each table would move, without moving anything.
+    let out = run_ok_args(&["plan", t]);
+    for n in [
+        "plan of task chk (mode full-load-and-cdc): 3 tables",
+        "public.log",
+        "key: none",
+        "cdc: refused: no key (tables_without_key: fail)",
+        "public.\"Items\"",
+        "key: primary key (id)",
+        "COPY binary; split: whole",
+        "columns: id, v",
+        "warning: public.log has no key: the run will refuse to start",
+    ] {
+        assert!(out.contains(n), "plan: missing {n:?} in\n{out}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&run_ok_args(&["plan", t, "--json"])).unwrap();
+    assert_eq!(v["slot"], "pgtide_chk");
+    assert_eq!(v["tables"].as_array().unwrap().len(), 3);
 
     // run refuses before creating anything, listing every blocking problem.
     let (code, stderr) = run_err(&task);

@@ -2,15 +2,17 @@
 //!
 //! # Method
 //!
-//! Per table, each side computes on the server, for 1024 buckets of rows, a row count and an
-//! order-independent checksum (the sum of the first 64 bits of each row's MD5 over its text
-//! form, see [`pgtide_postgres::compare`]). A row's bucket comes from the MD5 of its key's text,
-//! so a row lands in the same bucket on both sides whatever its physical position; a table
-//! without a key is bucketed by the whole row. Only buckets whose count or checksum differ are
-//! read again, row by row (key text and row hash), and compared as multisets, which names each
-//! difference: a row missing on the target, a row only on the target, a changed value, a key
-//! present more than once. No row content is read into pgtide except key values, which are
-//! printed because the operator needs them to act; rows of keyless tables are only counted.
+//! Per table, each side first computes on the server a row count and an order-independent
+//! checksum of the whole table (the sum of the first 64 bits of each row's MD5 over its text
+//! form, see [`pgtide_postgres::compare`]); an equal table costs this one scan. Where they
+//! differ, each side computes the same for 1024 buckets of rows. A row's bucket comes from its
+//! key (the low bits of a single integer key, else the MD5 of the key's text), so a row lands
+//! in the same bucket on both sides whatever its physical position; a table without a key is
+//! bucketed by the whole row. Only buckets whose count or checksum differ are read again, row
+//! by row (key text and row hash), and compared as multisets, which names each difference: a
+//! row missing on the target, a row only on the target, a changed value, a key present more
+//! than once. No row content is read into pgtide except key values, which are printed because
+//! the operator needs them to act; rows of keyless tables are only counted.
 //!
 //! # Consistency
 //!
@@ -54,6 +56,8 @@ pub struct ValidateOptions {
     pub settle_rounds: u32,
     /// Pause between settle rounds.
     pub settle_pause: Duration,
+    /// Re-copy the differing rows of keyed tables from the source.
+    pub repair: bool,
 }
 
 impl Default for ValidateOptions {
@@ -64,6 +68,7 @@ impl Default for ValidateOptions {
             max_keys: 20,
             settle_rounds: 5,
             settle_pause: Duration::from_secs(2),
+            repair: false,
         }
     }
 }
@@ -121,8 +126,23 @@ pub struct TableValidation {
     pub differences: Vec<RowDiff>,
     /// Differences beyond those named.
     pub more_differences: u64,
+    /// What `--repair` did, when asked.
+    pub repair: Option<Repair>,
     /// Seconds spent on this table.
     pub seconds: f64,
+}
+
+/// What `--repair` did to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repair {
+    /// Target rows deleted (every row with a differing key).
+    pub deleted: u64,
+    /// Source rows copied in their place.
+    pub inserted: u64,
+    /// The table compared equal afterwards.
+    pub equal_after: bool,
+    /// Why nothing was repaired, when nothing was.
+    pub skipped: Option<String>,
 }
 
 /// The result of a validation.
@@ -141,7 +161,9 @@ pub struct Validation {
 impl Validation {
     /// Every table equal.
     pub fn ok(&self) -> bool {
-        self.tables.iter().all(|t| t.equal)
+        self.tables
+            .iter()
+            .all(|t| t.equal || t.repair.as_ref().is_some_and(|r| r.equal_after))
     }
 
     /// Human-readable report.
@@ -178,6 +200,22 @@ impl Validation {
             if t.more_differences > 0 {
                 out.push_str(&format!("      ... and {} more\n", t.more_differences));
             }
+            match &t.repair {
+                Some(Repair {
+                    skipped: Some(why), ..
+                }) => out.push_str(&format!("      not repaired: {why}\n")),
+                Some(r) => out.push_str(&format!(
+                    "      repaired: {} target rows deleted, {} copied from the source; {}\n",
+                    r.deleted,
+                    r.inserted,
+                    if r.equal_after {
+                        "now equal"
+                    } else {
+                        "STILL DIFFERENT"
+                    }
+                )),
+                None => {}
+            }
         }
         out
     }
@@ -190,6 +228,12 @@ struct Job {
     target: QualifiedName,
     columns: Vec<String>,
     key: Vec<String>,
+    /// Columns the target computes itself (not inserted by a repair).
+    generated: Vec<String>,
+    /// Columns of type json/jsonb, with their type (carried as documents by a repair).
+    json: Vec<(String, String)>,
+    /// The key is one integer column: its value picks the bucket, no hashing needed.
+    integer_key: bool,
 }
 
 impl Job {
@@ -210,6 +254,13 @@ impl Job {
     }
 
     fn bucket_expr(&self) -> String {
+        if self.integer_key {
+            return format!(
+                "(({})::int8 & {})::int4",
+                quote_ident(&self.key[0]),
+                BUCKETS - 1
+            );
+        }
         format!(
             "(('x' || substr(md5({}), 1, 8))::bit(32)::int4 & {})",
             self.key_text(),
@@ -280,14 +331,44 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
             .and_then(|s| s.primary_key.as_ref())
             .map(|k| k.columns.clone())
             .unwrap_or_default();
+        let cols = |f: &dyn Fn(&pgtide_core::schema::Column) -> bool| -> Vec<String> {
+            by_oid
+                .get(&t.oid)
+                .map(|s| {
+                    s.columns
+                        .iter()
+                        .filter(|c| f(c))
+                        .map(|c| c.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut columns = cols(&|_| true);
+        if columns.is_empty() {
+            columns = t.columns.clone();
+        }
+        let integer_key = key.len() == 1
+            && by_oid
+                .get(&t.oid)
+                .and_then(|s| s.column(&key[0]))
+                .is_some_and(|c| matches!(c.type_name.as_str(), "smallint" | "integer" | "bigint"));
         jobs.push(Job {
             source: t.source.clone(),
             target: t.target.clone(),
-            columns: by_oid
-                .get(&t.oid)
-                .map(|s| s.columns.iter().map(|c| c.name.clone()).collect())
-                .unwrap_or_else(|| t.columns.clone()),
+            columns,
             key,
+            integer_key,
+            generated: cols(&|c| c.generated),
+            json: by_oid
+                .get(&t.oid)
+                .map(|s| {
+                    s.columns
+                        .iter()
+                        .filter(|c| c.type_name == "json" || c.type_name == "jsonb")
+                        .map(|c| (c.name.clone(), c.type_name.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     if !wanted.is_empty() && jobs.is_empty() {
@@ -301,7 +382,17 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
         .with_hint("give schema.table as on the source; unquoted names fold to lower case"));
     }
     let active = run_active(&dst_snap, &task.name).await?;
+    if active && opts.repair {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("a run of task {:?} is applying changes to the target", task.name),
+        )
+        .with_hint("stop it first (at an end LSN, or with Ctrl-C/SIGTERM), then validate --repair; a repair racing the applier could undo its changes"));
+    }
 
+    // The plan lists tables largest first and workers pop from the end: reverse, so the
+    // biggest table starts first and does not finish alone at the end.
+    jobs.reverse();
     let queue = Arc::new(Mutex::new(jobs));
     let results = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
@@ -403,6 +494,25 @@ async fn run_active(target: &Client, task: &str) -> Result<bool> {
         .get(0))
 }
 
+/// Row count and checksum of the whole table.
+async fn whole(
+    client: &Client,
+    job: &Job,
+    table: &QualifiedName,
+    side: Side,
+) -> Result<(i64, String)> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {}",
+        job.hash_expr(),
+        table.quoted()
+    );
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| classify(e, &format!("checksumming {table} on the {side}")))?;
+    Ok((row.get(0), row.get(1)))
+}
+
 async fn buckets(
     client: &Client,
     job: &Job,
@@ -448,8 +558,34 @@ async fn compare_table(
     urls: (&ConnUrl, &ConnUrl),
 ) -> Result<(TableValidation, u32)> {
     let started = Instant::now();
-    let s = buckets(src, job, &job.source, None, Side::Source).await?;
-    let d = buckets(dst, job, &job.target, None, Side::Target).await?;
+    // First the whole table, on both servers at the same time: for an equal table (the common
+    // case) this one scan is all it costs.
+    let (ws, wd) = tokio::try_join!(
+        whole(src, job, &job.source, Side::Source),
+        whole(dst, job, &job.target, Side::Target)
+    )?;
+    if ws == wd {
+        return Ok((
+            TableValidation {
+                table: job.source.to_string(),
+                target: job.target.to_string(),
+                equal: true,
+                source_rows: ws.0,
+                target_rows: wd.0,
+                key: job.key.clone(),
+                differences: Vec::new(),
+                more_differences: 0,
+                repair: None,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            0,
+        ));
+    }
+    // Different (or in flight): per bucket, to find where.
+    let (s, d) = tokio::try_join!(
+        buckets(src, job, &job.source, None, Side::Source),
+        buckets(dst, job, &job.target, None, Side::Target)
+    )?;
     let source_rows: i64 = s.values().map(|v| v.0).sum();
     let target_rows: i64 = d.values().map(|v| v.0).sum();
     let mut diff = differing(&s, &d);
@@ -463,6 +599,7 @@ async fn compare_table(
         key: job.key.clone(),
         differences: Vec::new(),
         more_differences: 0,
+        repair: None,
         seconds: 0.0,
     };
     if diff.is_empty() {
@@ -481,8 +618,10 @@ async fn compare_table(
         while !diff.is_empty() && rounds < opts.settle_rounds {
             rounds += 1;
             tokio::time::sleep(opts.settle_pause).await;
-            let s2 = buckets(rs, job, &job.source, Some(&diff), Side::Source).await?;
-            let d2 = buckets(rd, job, &job.target, Some(&diff), Side::Target).await?;
+            let (s2, d2) = tokio::try_join!(
+                buckets(rs, job, &job.source, Some(&diff), Side::Source),
+                buckets(rd, job, &job.target, Some(&diff), Side::Target)
+            )?;
             diff = differing(&s2, &d2);
         }
         if diff.is_empty() {
@@ -491,7 +630,29 @@ async fn compare_table(
             return Ok((result, rounds));
         }
     }
-    name_differences(rs, rd, job, &diff, opts.max_keys, &mut result).await?;
+    let keys = name_differences(rs, rd, job, &diff, opts.max_keys, &mut result).await?;
+    if opts.repair {
+        result.repair = Some(if job.key.is_empty() {
+            Repair {
+                deleted: 0,
+                inserted: 0,
+                equal_after: false,
+                skipped: Some("the table has no key to repair rows by: reload it (a full load with this table selected)".into()),
+            }
+        } else {
+            let src = fresh(urls.0, Side::Source).await?;
+            let dst = fresh(urls.1, Side::Target).await?;
+            let (deleted, inserted) = repair(&src, &dst, job, &keys).await?;
+            let s2 = buckets(&src, job, &job.source, Some(&diff), Side::Source).await?;
+            let d2 = buckets(&dst, job, &job.target, Some(&diff), Side::Target).await?;
+            Repair {
+                deleted,
+                inserted,
+                equal_after: differing(&s2, &d2).is_empty(),
+                skipped: None,
+            }
+        });
+    }
     result.seconds = started.elapsed().as_secs_f64();
     Ok((result, rounds))
 }
@@ -535,15 +696,18 @@ async fn name_differences(
     diff: &[i32],
     max_keys: usize,
     result: &mut TableValidation,
-) -> Result<()> {
-    let s = read_rows(src, job, &job.source, diff, Side::Source).await?;
-    let d = read_rows(dst, job, &job.target, diff, Side::Target).await?;
+) -> Result<Vec<String>> {
+    let (s, d) = tokio::try_join!(
+        read_rows(src, job, &job.source, diff, Side::Source),
+        read_rows(dst, job, &job.target, diff, Side::Target)
+    )?;
     let keyed = !job.key.is_empty();
     let key_label = |k: &str| {
         let cols: Vec<String> = job.key.iter().map(|c| quote_ident(c)).collect();
         format!("({})={}", cols.join(", "), k)
     };
     let mut found: Vec<RowDiff> = Vec::new();
+    let mut differing_keys: Vec<String> = Vec::new();
     let mut keys: Vec<&String> = s.keys().chain(d.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -551,6 +715,7 @@ async fn name_differences(
         let empty = Vec::new();
         let (a, b) = (s.get(k).unwrap_or(&empty), d.get(k).unwrap_or(&empty));
         let key = keyed.then(|| key_label(k));
+        let before = found.len();
         if keyed {
             if b.is_empty() {
                 found.push(RowDiff {
@@ -598,6 +763,9 @@ async fn name_differences(
                 });
             }
         }
+        if found.len() > before {
+            differing_keys.push(k.clone());
+        }
     }
     if found.is_empty() {
         // Same rows, same hashes, different bucket sums cannot happen; report rather than hide.
@@ -611,49 +779,140 @@ async fn name_differences(
         found.truncate(max_keys);
     }
     result.differences = found;
-    Ok(())
+    Ok(differing_keys)
+}
+
+/// Rows per repair statement.
+const REPAIR_BATCH: usize = 1000;
+
+/// Replace the target's rows for `keys` (key texts) by the source's, in one target transaction.
+///
+/// Values travel as JSON objects of text values (json/jsonb columns as JSON), built on the
+/// source by the types' output functions and turned back into typed values on the target by
+/// `json_populate_record`, which feeds each text to the column type's input function: an exact
+/// round trip under the pinned output settings, with every value passed as a parameter.
+async fn repair(src: &Client, dst: &Client, job: &Job, keys: &[String]) -> Result<(u64, u64)> {
+    let cols: Vec<&String> = job
+        .columns
+        .iter()
+        .filter(|c| !job.generated.contains(c))
+        .collect();
+    let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+    let values: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(c)))
+        .collect();
+    let read = format!(
+        "SELECT json_object($2::text[], ARRAY[{}]::text[])::text FROM ONLY {} WHERE {} = ANY($1)",
+        values.join(", "),
+        job.source.quoted(),
+        job.key_text()
+    );
+    let select: Vec<String> = cols
+        .iter()
+        .map(|c| match job.json.iter().find(|(n, _)| n == *c) {
+            // json_populate_record would store the text as a JSON string; the text is the
+            // document itself.
+            Some((_, ty)) => format!("(j.v ->> {})::{ty}", pgtide_core::ident::quote_literal(c)),
+            None => format!("r.{}", quote_ident(c)),
+        })
+        .collect();
+    let write = format!(
+        "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {select}          FROM json_array_elements($1::text::json) j(v), json_populate_record(NULL::{t}, j.v) r",
+        t = job.target.quoted(),
+        cols = cols
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        select = select.join(", ")
+    );
+    let delete = format!(
+        "DELETE FROM ONLY {} WHERE {} = ANY($1)",
+        job.target.quoted(),
+        job.key_text()
+    );
+    let err_t = |e| classify(e, &format!("repairing {} on the target", job.target));
+    dst.batch_execute("SET session_replication_role = replica; BEGIN")
+        .await
+        .map_err(err_t)?;
+    let result = async {
+        let mut deleted = 0;
+        let mut inserted = 0;
+        for chunk in keys.chunks(REPAIR_BATCH) {
+            let chunk: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+            let rows = src
+                .query(&read, &[&chunk, &names])
+                .await
+                .map_err(|e| classify(e, &format!("reading rows of {} to repair", job.source)))?;
+            let docs: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            deleted += dst.execute(&delete, &[&chunk]).await.map_err(err_t)?;
+            if !docs.is_empty() {
+                let array = format!("[{}]", docs.join(","));
+                inserted += dst.execute(&write, &[&array]).await.map_err(err_t)?;
+            }
+        }
+        Ok::<_, Error>((deleted, inserted))
+    }
+    .await;
+    match result {
+        Ok(n) => {
+            dst.batch_execute("COMMIT").await.map_err(err_t)?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = dst.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// Record the outcome per table on the target, for `status`. Best effort: validation's answer
 /// is what it prints; a target without pgtide's state (or read-only) does not make it fail.
 async fn record(url: &ConnUrl, task: &str, v: &Validation) {
-    let result =
-        async {
-            let client = connect(url, Side::Target).await?;
-            let exists: bool = client
-                .query_one("SELECT to_regclass('pgtide.task') IS NOT NULL", &[])
-                .await
-                .map_err(|e| classify(e, "looking for pgtide state"))?
-                .get(0);
-            if !exists {
-                return Ok(());
-            }
-            pgtide_postgres::state::ensure_schema(&client).await?;
-            for t in &v.tables {
-                let detail = if t.equal {
-                    format!("{} rows", t.source_rows)
-                } else {
-                    format!(
-                        "{} differences; source {} rows, target {} rows",
-                        t.differences.len() as u64 + t.more_differences,
-                        t.source_rows,
-                        t.target_rows
-                    )
-                };
-                client
+    let result = async {
+        let client = connect(url, Side::Target).await?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('pgtide.task') IS NOT NULL", &[])
+            .await
+            .map_err(|e| classify(e, "looking for pgtide state"))?
+            .get(0);
+        if !exists {
+            return Ok(());
+        }
+        pgtide_postgres::state::ensure_schema(&client).await?;
+        for t in &v.tables {
+            let state = if t.equal {
+                "equal"
+            } else if t.repair.as_ref().is_some_and(|r| r.equal_after) {
+                "repaired"
+            } else {
+                "different"
+            };
+            let detail = if t.equal {
+                format!("{} rows", t.source_rows)
+            } else {
+                format!(
+                    "{} differences; source {} rows, target {} rows",
+                    t.differences.len() as u64 + t.more_differences,
+                    t.source_rows,
+                    t.target_rows
+                )
+            };
+            client
                 .execute(
                     "INSERT INTO pgtide.validation (task, table_name, state, detail, checked_at) \
                      VALUES ($1, $2, $3, $4, now()) \
                      ON CONFLICT (task, table_name) DO UPDATE SET state = excluded.state, \
                      detail = excluded.detail, checked_at = excluded.checked_at",
-                    &[&task, &t.table, &if t.equal { "equal" } else { "different" }, &detail],
+                    &[&task, &t.table, &state, &detail],
                 )
                 .await
                 .map_err(|e| classify(e, "recording the validation on the target"))?;
-            }
-            Ok::<_, Error>(())
         }
-        .await;
+        Ok::<_, Error>(())
+    }
+    .await;
     if let Err(e) = result {
         tracing::warn!(
             "validation result not recorded on the target: {}",
