@@ -272,3 +272,61 @@ fn an_idle_or_filtered_slot_does_not_pin_wal() {
     let (code, _, err) = run.wait();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A slot created before the task's publication existed cannot be decoded by pgoutput for the
+/// changes in between ("publication does not exist" in the historic snapshot). The task stops
+/// and says why and what to do; after following the advice it streams.
+#[test]
+fn a_slot_older_than_the_publication_is_explained() {
+    let (source, target, dir) = pair();
+    source
+        .psql("src", "CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    source
+        .psql(
+            "src",
+            "SELECT pg_create_logical_replication_slot('pgtide_old', 'pgoutput')",
+        )
+        .unwrap();
+    source.psql("src", "INSERT INTO t VALUES (1, 'a')").unwrap();
+    target
+        .psql("dst", "CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let task = cdc_task(dir.path(), "old", &source, &target, "")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let yaml = std::fs::read_to_string(&task)
+        .unwrap()
+        .replace("mode: full-load-and-cdc\n", "mode: cdc\n");
+    std::fs::write(&task, yaml).unwrap();
+    let task = std::path::PathBuf::from(task);
+    let end = current_lsn(&source, "src");
+    let (code, err) = run_err_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("publication") && err.contains("created before"),
+        "{err}"
+    );
+    assert!(err.contains("--restart"), "{err}");
+
+    // Following the advice: a new slot, after the publication, streams what comes next.
+    source.psql("src", "INSERT INTO t VALUES (2, 'b')").unwrap();
+    let end = current_lsn(&source, "src");
+    run_ok_args(&[
+        "run",
+        task.to_str().unwrap(),
+        "--restart",
+        "--end-lsn",
+        &end,
+    ]);
+    source.psql("src", "INSERT INTO t VALUES (3, 'c')").unwrap();
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    assert_eq!(
+        target
+            .psql("dst", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
+            .unwrap(),
+        "3"
+    );
+}

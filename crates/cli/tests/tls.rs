@@ -143,4 +143,64 @@ fn sslmodes_follow_libpq_semantics() {
             }
         }
     }
+
+    // Change data capture over TLS: the replication connection (and the preflight's probe of
+    // it) follows the same sslmode rules; the source accepts nothing but TLS.
+    target.create_database("cdc").unwrap();
+    let url =
+        format!("postgresql://postgres@localhost:{p}/src?sslmode=verify-full&sslrootcert={ca}");
+    let task = task_file(
+        dir.path(),
+        "cdc",
+        &task_yaml("tlscdc", &url, &target.url("cdc"), "")
+            .replace("mode: full-load\n", "mode: full-load-and-cdc\n"),
+    );
+    let end = current_lsn(&source, "src");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtide"))
+        .args([
+            "--progress",
+            "none",
+            "run",
+            task.to_str().unwrap(),
+            "--end-lsn",
+            &end,
+        ])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    source
+        .psql("src", "INSERT INTO t SELECT g, 'y' FROM generate_series(101, 150) g; UPDATE t SET v = 'z' WHERE id <= 10")
+        .unwrap();
+    let end = current_lsn(&source, "src");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtide"))
+        .args([
+            "--progress",
+            "none",
+            "run",
+            task.to_str().unwrap(),
+            "--end-lsn",
+            &end,
+        ])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        target
+            .psql(
+                "cdc",
+                "SELECT count(*), count(*) FILTER (WHERE v = 'z') FROM t"
+            )
+            .unwrap(),
+        "150|10"
+    );
 }

@@ -211,6 +211,16 @@ pub fn classify_server_error(
                 "create the database first (CREATE DATABASE ...) or fix the database name in the URL",
             ),
         ),
+        // pgoutput looks publications up in the snapshot of the WAL it decodes: a slot created
+        // before its publication cannot decode the changes in between.
+        "42704" if message.starts_with("publication") && message.contains("does not exist") => (
+            ErrorKind::NotFound,
+            Some(
+                "the replication slot was created before this publication existed, so pgoutput cannot decode the changes in between; \
+                 the publication must exist before the slot: run with --restart for a new slot that starts now (changes committed \
+                 before it are not streamed: load them first, or use mode full-load-and-cdc, which creates both in the right order)",
+            ),
+        ),
         "42P01" | "42704" | "42883" | "3F000" => (ErrorKind::NotFound, None),
         "53300" => (
             ErrorKind::Transient,

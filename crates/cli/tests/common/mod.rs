@@ -102,6 +102,20 @@ pub fn run_err(task: &Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stderr)
 }
 
+/// Run pgtide with `args`, assert failure, return (exit code, stderr).
+pub fn run_err_args(args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--progress", "none"];
+    all.extend_from_slice(args);
+    let out = pgtide(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "pgtide {args:?} unexpectedly succeeded\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
 /// Compare source and target databases with pgtide's verifier.
 pub fn compare(source_url: &str, target_url: &str, schemas: &[&str]) -> Verification {
     let s = ConnUrl::parse(source_url, "source").unwrap();
