@@ -40,6 +40,31 @@ ensure_postgres() {
     fi
 }
 
+have_mariadb() {
+    local d
+    for d in "${PGTIDE_MARIADB_BIN:-/nonexistent}" /usr/sbin /usr/bin; do
+        if [ -x "$d/mariadbd" ] || [ -x "$d/mysqld" ]; then
+            command -v mariadb-install-db >/dev/null 2>&1 || [ -x "$d/mariadb-install-db" ] || continue
+            return 0
+        fi
+    done
+    return 1
+}
+
+# MariaDB is the MySQL-family target; the tests start throwaway servers from its programs.
+ensure_mariadb() {
+    if ! have_mariadb; then
+        if command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing MariaDB server programs (apt-get install mariadb-server)"
+            apt_install mariadb-server
+        else
+            echo "error: the tests need MariaDB's programs (mariadbd, mariadb-install-db, mariadb)." >&2
+            echo "       Install your distribution's mariadb-server package, or set PGTIDE_MARIADB_BIN." >&2
+            exit 1
+        fi
+    fi
+}
+
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo not found; install Rust from https://rustup.rs" >&2

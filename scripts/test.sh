@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # pgtide's whole test suite: formatting, lints, unit tests and end-to-end tests against real
-# PostgreSQL servers started from this machine's binaries. Installs what is missing.
+# PostgreSQL (and MariaDB) servers started from this machine's binaries. Installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
 ensure_postgres
+ensure_mariadb
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

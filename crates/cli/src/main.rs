@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For a MySQL/MariaDB target: write the converted schema (schema.sql) and an assessment
+    /// report of every source object (assessment.md, assessment.html) into a directory.
+    Convert {
+        /// The task file (YAML).
+        task: PathBuf,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Check every prerequisite and risk of the task, each with its fix. Exits non-zero when
     /// anything blocks the task.
     Check {
@@ -174,6 +183,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             metrics_addr,
         } => {
             let task = Task::load(&task)?;
+            task.require_postgres_target("run")?;
             preflight(&task).await?;
             let end_lsn: Option<Lsn> = match end_lsn {
                 Some(s) => Some(
@@ -262,8 +272,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Convert { task, out } => {
+            let task = Task::load(&task)?;
+            let converted = ops::convert::run(&task, &out).await?;
+            print!("{}", converted.render());
+            Ok(())
+        }
         Command::Check { task, json } => {
             let task = Task::load(&task)?;
+            task.require_postgres_target("check")?;
             let report = ops::check::check(&task).await;
             if json {
                 println!("{}", to_json(&report)?);
@@ -282,6 +299,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Status { task, json } => {
             let task = Task::load(&task)?;
+            task.require_postgres_target("status")?;
             let st = ops::status::status(&task).await?;
             if json {
                 println!("{}", to_json(&st)?);
@@ -299,6 +317,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             repair,
         } => {
             let task = Task::load(&task)?;
+            task.require_postgres_target("validate")?;
             let opts = ops::validate::ValidateOptions {
                 tables,
                 threads: threads as usize,
@@ -328,6 +347,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Cleanup { task, keep_state } => {
             let task = Task::load(&task)?;
+            task.require_postgres_target("cleanup")?;
             let report = ops::cleanup::cleanup(&task, keep_state).await?;
             print!("{}", report.render(&task.name));
             Ok(())

@@ -335,6 +335,17 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Task {
+    /// Refuse a MySQL/MariaDB target for a command that only works with PostgreSQL targets.
+    pub fn require_postgres_target(&self, command: &str) -> Result<()> {
+        if self.target.kind() == EndpointKind::Mysql {
+            return Err(Error::config(format!(
+                "target.url: `pgtide {command}` does not support MySQL/MariaDB targets yet"
+            ))
+            .with_hint("`pgtide convert TASK --out DIR` writes the MySQL schema and the assessment report; loading and change data capture into MySQL are not available yet"));
+        }
+        Ok(())
+    }
+
     /// Read and validate a task file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -361,12 +372,6 @@ impl Task {
         if source.kind() != EndpointKind::Postgres {
             return Err(Error::config("source.url: the source must be PostgreSQL")
                 .with_hint("write postgresql://user@host:5432/dbname"));
-        }
-        if target.kind() == EndpointKind::Mysql {
-            return Err(Error::config(
-                "target.url: MySQL/MariaDB targets are not available in this version of pgtide",
-            )
-            .with_hint("use a PostgreSQL target (postgresql://...)"));
         }
         let tables = Selection::parse(&raw.tables.include, &raw.tables.exclude)?;
 

@@ -426,3 +426,70 @@ async fn introspect_types<C: GenericClient>(
     }
     Ok(out)
 }
+
+/// User functions, procedures and aggregates (not those of extensions, not in system schemas):
+/// `(name, arguments, kind, language)`, for reports on what does not move automatically.
+pub async fn functions<C: GenericClient>(
+    client: &C,
+) -> Result<Vec<(QualifiedName, String, String, String)>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, p.proname::text, pg_get_function_identity_arguments(p.oid), \
+                    CASE p.prokind WHEN 'f' THEN 'function' WHEN 'p' THEN 'procedure' \
+                                   WHEN 'a' THEN 'aggregate' ELSE 'window function' END, \
+                    l.lanname::text \
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             JOIN pg_language l ON l.oid = p.prolang \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgtide') \
+               AND n.nspname NOT LIKE 'pg\\_%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
+                               AND d.objid = p.oid AND d.deptype = 'e') \
+             ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, "reading functions on the source"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+            )
+        })
+        .collect())
+}
+
+/// Objects the schema model does not carry but a report must name: `(kind, name, detail)` for
+/// domain constraints, every user-defined type (including unused ones), and indexes on
+/// materialized views.
+pub async fn other_objects<C: GenericClient>(client: &C) -> Result<Vec<(String, String, String)>> {
+    let rows = client
+        .query(
+            "SELECT 'domain constraint', format('%s.%s.%s', n.nspname, t.typname, c.conname), pg_get_constraintdef(c.oid) \
+             FROM pg_constraint c JOIN pg_type t ON t.oid = c.contypid JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+             UNION ALL \
+             SELECT 'type', format('%s.%s', n.nspname, quote_ident(t.typname)), \
+                    CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' WHEN 'c' THEN 'composite' \
+                                   WHEN 'r' THEN 'range' WHEN 'm' THEN 'multirange' ELSE 'base' END \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgtide') AND n.nspname NOT LIKE 'pg\\_%' \
+               AND t.typelem = 0 AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') \
+             UNION ALL \
+             SELECT 'materialized view index', format('%s.%s', n.nspname, i.relname), pg_get_indexdef(i.oid) \
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class m ON m.oid = x.indrelid \
+             JOIN pg_namespace n ON n.oid = i.relnamespace WHERE m.relkind = 'm' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, "reading types and constraints on the source"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

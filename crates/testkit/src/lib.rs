@@ -7,10 +7,15 @@
 //! is dropped. A watchdog process stops it too if the test process is killed, so nothing is left
 //! running either way.
 //!
+//! [`mariadb::MariaDbServer`] does the same for MariaDB (`mariadb-install-db` and `mariadbd`),
+//! the MySQL-family target.
+//!
 //! The demo uses this crate as well (it starts two throwaway servers), which is why it is a
 //! normal dependency of the binary rather than a dev-dependency.
 
 pub mod datasets;
+pub mod mariadb;
 pub mod pg;
 
+pub use mariadb::MariaDbServer;
 pub use pg::{PgOptions, PgServer};

@@ -54,13 +54,18 @@ pub struct PgServer {
     options: PgOptions,
 }
 
+/// The name of the user servers run as when we are root.
+pub(crate) fn unprivileged_user_name() -> String {
+    std::env::var("PGTIDE_TEST_USER").unwrap_or_else(|_| "postgres".into())
+}
+
 /// The user to run servers as when we are root: `PGTIDE_TEST_USER` or `postgres`.
-fn unprivileged_user() -> Result<Option<(u32, u32)>> {
+pub(crate) fn unprivileged_user() -> Result<Option<(u32, u32)>> {
     let me = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
     if me != 0 {
         return Ok(None);
     }
-    let name = std::env::var("PGTIDE_TEST_USER").unwrap_or_else(|_| "postgres".into());
+    let name = unprivileged_user_name();
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();

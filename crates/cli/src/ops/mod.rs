@@ -2,6 +2,7 @@
 //!
 //! - [`check`]: every prerequisite and risk, with its fix; `run` refuses to start on errors.
 //! - [`dry_run`]: `pgtide plan`, the resolved tables and how each will move.
+//! - [`convert`]: the MySQL schema and assessment report for a MySQL/MariaDB target.
 //! - [`cleanup`]: remove what a task created (slot, publications, state, spill files).
 //! - [`status`]: where a task stands, from the state on the target and the slot on the source.
 //! - [`validate`]: compare source and target table by table, naming differing keys.
@@ -10,6 +11,7 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod convert;
 pub mod dry_run;
 pub mod status;
 pub mod validate;

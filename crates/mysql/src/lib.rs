@@ -1,0 +1,14 @@
+//! MySQL 8 and MariaDB 10.11 as pgtide's target.
+//!
+//! - [`types`]: every PostgreSQL type mapped to a MySQL column type, each with its fidelity
+//!   (lossless, lossy with the reason, unsupported with the way out). `docs/mysql-types.md` is
+//!   the same table for people.
+//! - [`convert`]: the source schema model turned into MySQL DDL (tables, keys, indexes,
+//!   foreign keys) with names that fit MySQL's rules, and an assessment of every source object.
+//! - [`report`]: that assessment as Markdown and HTML, like AWS SCT's.
+//!
+//! Loading rows and applying changes into MySQL are not implemented yet.
+
+pub mod convert;
+pub mod report;
+pub mod types;
