@@ -233,6 +233,8 @@ pub async fn serve(addr: &str, sources: Sources) -> Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
+                // Out of file descriptors, say: do not spin, and leave them to the migration.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
             };
             let sources = sources.clone();

@@ -510,3 +510,51 @@ fn check_reports_each_problem_with_its_fix_and_run_refuses() {
     assert!(out.contains("0 error(s)"), "{out}");
     assert!(out.contains("replication connection"), "{out}");
 }
+
+#[test]
+fn repair_refuses_what_it_cannot_carry_exactly() {
+    let pair = Pair::start();
+    pair.source.create_database("src").unwrap();
+    pair.source
+        .psql(
+            "src",
+            "CREATE TABLE public.tagged (id int PRIMARY KEY, labels text[]); \
+             INSERT INTO public.tagged SELECT g, ARRAY['a', 'b' || g] FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+    pair.target.create_database("dst").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(
+        dir.path(),
+        "arr",
+        &task_yaml("arr", &pair.source.url("src"), &pair.target.url("dst"), ""),
+    );
+    run_ok(&task);
+    pair.target
+        .psql(
+            "dst",
+            "UPDATE public.tagged SET labels = '{x}' WHERE id = 3",
+        )
+        .unwrap();
+    let out = pgtide(&[
+        "--progress",
+        "none",
+        "validate",
+        task.to_str().unwrap(),
+        "--repair",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("changed: (\"id\")=(3)"), "{stdout}");
+    assert!(
+        stdout.contains("not repaired: column labels (text[]) cannot be repaired row by row"),
+        "{stdout}"
+    );
+    assert_eq!(
+        pair.target
+            .psql("dst", "SELECT labels::text FROM public.tagged WHERE id = 3")
+            .unwrap(),
+        "{x}",
+        "nothing was changed"
+    );
+}

@@ -4,7 +4,9 @@
 //! MD5 over its text form. A sum does not depend on row order, so source and target can be
 //! compared without sorting; a duplicated row adds its hash twice, a changed value changes one
 //! term. Both sides must print values the same way, so the session is pinned to fixed output
-//! settings first ([`pin_output_settings`]); pgtide itself never reads the row text.
+//! settings first ([`pin_output_settings`]), and the text is hashed as UTF-8 whatever the
+//! server encoding (a LATIN1 source and a UTF8 target print the same characters as different
+//! bytes); pgtide itself never reads the row text.
 
 use crate::connect::classify;
 use pgtide_core::Result;
@@ -46,7 +48,7 @@ pub async fn fingerprint<C: GenericClient>(
         format!("ROW({})::text", cols.join(", "))
     };
     let sql = format!(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5({row_expr}), 1, 16))::bit(64)::int8::numeric), 0)::text \
+        "SELECT count(*), coalesce(sum(('x' || substr(md5(convert_to({row_expr}, 'UTF8')), 1, 16))::bit(64)::int8::numeric), 0)::text \
          FROM ONLY {}",
         table.quoted()
     );

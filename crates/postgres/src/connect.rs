@@ -239,7 +239,10 @@ pub fn classify_server_error(
         _ => (ErrorKind::Database, None),
     };
     let mut msg = format!("{what}: {message} (SQLSTATE {code})");
-    if let Some(d) = detail {
+    // Data exceptions (22) and integrity violations (23) put row values in DETAIL ("Key
+    // (id)=(5) already exists", "Failing row contains (...)"): those never reach output, logs
+    // or the state on the target. The message names the constraint or the problem.
+    if let Some(d) = detail.filter(|_| !code.starts_with("22") && !code.starts_with("23")) {
         msg.push_str(&format!("; {d}"));
     }
     let mut err = Error::new(kind, msg);
@@ -274,5 +277,32 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_values_in_detail_never_reach_the_message() {
+        let e = classify_server_error(
+            "23505",
+            "duplicate key value violates unique constraint \"t_pkey\"",
+            Some("Key (id)=(secret-value) already exists."),
+            None,
+            "applying changes",
+        );
+        assert!(e.message().contains("t_pkey"));
+        assert!(!e.message().contains("secret-value"), "{}", e.message());
+        let e = classify_server_error(
+            "55006",
+            "replication slot \"s\" is active for PID 42",
+            Some("some detail"),
+            None,
+            "dropping",
+        );
+        assert!(e.message().contains("some detail"));
+        assert_eq!(e.kind(), ErrorKind::Conflict);
     }
 }

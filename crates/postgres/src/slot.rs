@@ -208,7 +208,8 @@ pub async fn check_source(client: &Client, need_new_slot: bool) -> Result<()> {
         .query_one(
             "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int, \
                     (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_wal_senders')::int, \
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    (SELECT rolreplication OR rolsuper OR CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') \
+                      THEN pg_has_role('rds_replication', 'MEMBER') ELSE false END FROM pg_roles WHERE rolname = current_user), \
                     current_setting('server_encoding')",
             &[],
         )

@@ -248,7 +248,10 @@ async fn check_both(
 
     let role = source
         .query_one(
-            "SELECT current_user::text, r.rolsuper, r.rolreplication, r.rolbypassrls \
+            "SELECT current_user::text, r.rolsuper, \
+                    r.rolreplication OR CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') \
+                                         THEN pg_has_role('rds_replication', 'MEMBER') ELSE false END, \
+                    r.rolbypassrls \
              FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
@@ -711,10 +714,18 @@ async fn check_target(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Only drop-and-create builds the source's schema (and so its extensions) on the target.
+    let ext_severity = if task.full_load.table_preparation == TablePreparation::DropAndCreate
+        && task.mode != Mode::Cdc
+    {
+        Severity::Error
+    } else {
+        Severity::Warning
+    };
     for e in &schema.extensions {
         if !available.contains(&e.name) {
             f.add(
-                Severity::Error,
+                ext_severity,
                 "extension",
                 e.name.clone(),
                 "the source uses this extension and the target server does not have it: its types and functions cannot be created",
@@ -756,7 +767,9 @@ async fn check_target(
             .await
             .map_err(err)?
             .get::<_, bool>(0);
-    if !busy.is_empty() && !resuming {
+    if task.mode == Mode::Cdc {
+        // Mode cdc streams into a target the operator loaded: rows there are expected.
+    } else if !busy.is_empty() && !resuming {
         let list = busy.join(", ");
         match task.full_load.table_preparation {
             TablePreparation::DoNothing => f.add(

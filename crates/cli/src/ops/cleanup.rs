@@ -128,19 +128,39 @@ pub async fn cleanup(task: &Task, keep_state: bool) -> Result<CleanupReport> {
     }
     let _ = state::unlock_task(&target, &task.name).await;
 
+    // Only pgtide's own spool files: cdc.spill_dir may be a directory the operator shares
+    // with other things. The directory goes too when that leaves it empty.
     let spill = &task.cdc.spill_dir;
-    if spill.exists() {
-        std::fs::remove_dir_all(spill).map_err(|e| {
+    if spill.is_dir() {
+        let io = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Io,
-                format!("removing the spill directory {}", spill.display()),
+                format!("cleaning the spill directory {}", spill.display()),
             )
             .with_source(e)
-            .with_hint("check the directory's permissions, or remove it by hand")
-        })?;
-        report
-            .removed
-            .push(format!("spill directory {}", spill.display()));
+            .with_hint(
+                "check the directory's permissions, or remove pgtide's *.spool files by hand",
+            )
+        };
+        let mut files = 0;
+        for entry in std::fs::read_dir(spill).map_err(io)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".spool") {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+                files += 1;
+            }
+        }
+        let empty = std::fs::read_dir(spill).map_err(io)?.next().is_none();
+        if empty {
+            std::fs::remove_dir(spill).map_err(io)?;
+            report
+                .removed
+                .push(format!("spill directory {}", spill.display()));
+        } else if files > 0 {
+            report.removed.push(format!(
+                "{files} spool file(s) in {} (the directory holds other files and is kept)",
+                spill.display()
+            ));
+        }
     }
     Ok(report)
 }
@@ -152,7 +172,11 @@ async fn remove_state(
     report: &mut CleanupReport,
 ) -> Result<()> {
     let err = |e| classify(e, "removing pgtide's state on the target");
-    target.batch_execute("BEGIN").await.map_err(err)?;
+    // The same lock as the schema's creation, so no other task creates it meanwhile.
+    target
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgtide state schema'))")
+        .await
+        .map_err(err)?;
     let result = async {
         let mut rows = 0u64;
         for table in [
@@ -196,10 +220,20 @@ async fn remove_state(
             .map_err(err)?
             .get(0);
         if others == 0 {
+            // pgtide's own tables by name, then the schema without CASCADE: anything else that
+            // lives in it or depends on it makes this fail rather than disappear.
             target
-                .batch_execute("DROP SCHEMA pgtide CASCADE")
+                .batch_execute(
+                    "DROP TABLE IF EXISTS pgtide.load_chunk, pgtide.load_table, pgtide.load_step, \
+                     pgtide.cdc_progress, pgtide.cdc_table_stats, pgtide.validation, pgtide.task, \
+                     pgtide.meta; DROP SCHEMA pgtide RESTRICT",
+                )
                 .await
-                .map_err(err)?;
+                .map_err(|e| {
+                    classify(e, "dropping schema pgtide on the target").with_hint(
+                        "something else was created in schema pgtide or depends on its tables: move or drop it, or use --keep-state",
+                    )
+                })?;
             report
                 .removed
                 .push("schema pgtide on the target (no other task uses it)".into());

@@ -289,6 +289,7 @@ pub async fn run_active(target: &Client, task: &str) -> Result<bool> {
     Ok(target
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND classid = hashtext('pgtide')::oid AND objid = hashtext($1)::oid AND objsubid = 2)",
             &[&task],
         )

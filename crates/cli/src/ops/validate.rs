@@ -128,8 +128,28 @@ pub struct TableValidation {
     pub more_differences: u64,
     /// What `--repair` did, when asked.
     pub repair: Option<Repair>,
+    /// The comparison of this table failed: why (the table counts as different).
+    pub error: Option<String>,
     /// Seconds spent on this table.
     pub seconds: f64,
+}
+
+impl TableValidation {
+    fn failed(job: &Job, e: &Error) -> Self {
+        TableValidation {
+            table: job.source.to_string(),
+            target: job.target.to_string(),
+            equal: false,
+            source_rows: 0,
+            target_rows: 0,
+            key: job.key.clone(),
+            differences: Vec::new(),
+            more_differences: 0,
+            repair: None,
+            error: Some(e.report()),
+            seconds: 0.0,
+        }
+    }
 }
 
 /// What `--repair` did to one table.
@@ -184,6 +204,10 @@ impl Validation {
                 ));
                 continue;
             }
+            if let Some(e) = &t.error {
+                out.push_str(&format!("  ERROR      {}  not compared: {e}\n", t.table));
+                continue;
+            }
             out.push_str(&format!(
                 "  DIFFERENT  {}  source {} rows, target {} rows\n",
                 t.table, t.source_rows, t.target_rows
@@ -234,9 +258,23 @@ struct Job {
     json: Vec<(String, String)>,
     /// The key is one integer column: its value picks the bucket, no hashing needed.
     integer_key: bool,
+    /// The target table is partitioned (its rows are in its partitions, so no `ONLY`).
+    target_partitioned: bool,
+    /// Why `--repair` cannot rewrite this table's rows, if it cannot.
+    unrepairable: Option<String>,
 }
 
 impl Job {
+    /// The rows of `table` alone: `ONLY`, so inheritance children are not read twice, except
+    /// for a partitioned target, whose rows all live in its partitions.
+    fn relation(&self, table: &QualifiedName) -> String {
+        if self.target_partitioned && table == &self.target {
+            table.quoted()
+        } else {
+            format!("ONLY {}", table.quoted())
+        }
+    }
+
     fn row_text(&self) -> String {
         if self.columns.is_empty() {
             return "''".into();
@@ -262,7 +300,7 @@ impl Job {
             );
         }
         format!(
-            "(('x' || substr(md5({}), 1, 8))::bit(32)::int4 & {})",
+            "(('x' || substr(md5(convert_to({}, 'UTF8')), 1, 8))::bit(32)::int4 & {})",
             self.key_text(),
             BUCKETS - 1
         )
@@ -270,7 +308,7 @@ impl Job {
 
     fn hash_expr(&self) -> String {
         format!(
-            "('x' || substr(md5({}), 1, 16))::bit(64)::int8::numeric",
+            "('x' || substr(md5(convert_to({}, 'UTF8')), 1, 16))::bit(64)::int8::numeric",
             self.row_text()
         )
     }
@@ -278,10 +316,10 @@ impl Job {
     /// Count and checksum per bucket (only `buckets` when given).
     fn bucket_sql(&self, table: &QualifiedName, filtered: bool) -> String {
         format!(
-            "SELECT b, count(*), sum(h)::text FROM (SELECT {} AS b, {} AS h FROM ONLY {}) s {} GROUP BY b",
+            "SELECT b, count(*), sum(h)::text FROM (SELECT {} AS b, {} AS h FROM {}) s {} GROUP BY b",
             self.bucket_expr(),
             self.hash_expr(),
-            table.quoted(),
+            self.relation(table),
             if filtered { "WHERE b = ANY($1)" } else { "" }
         )
     }
@@ -289,11 +327,11 @@ impl Job {
     /// Key text and row hash of the rows in `buckets`.
     fn rows_sql(&self, table: &QualifiedName) -> String {
         format!(
-            "SELECT k, md5(r) FROM (SELECT {} AS b, {} AS k, {} AS r FROM ONLY {}) s WHERE b = ANY($1)",
+            "SELECT k, md5(convert_to(r, 'UTF8')) FROM (SELECT {} AS b, {} AS k, {} AS r FROM {}) s WHERE b = ANY($1)",
             self.bucket_expr(),
             self.key_text(),
             self.row_text(),
-            table.quoted()
+            self.relation(table)
         )
     }
 }
@@ -358,6 +396,8 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
             columns,
             key,
             integer_key,
+            target_partitioned: false,
+            unrepairable: by_oid.get(&t.oid).and_then(|s| unrepairable(&schema, s)),
             generated: cols(&|c| c.generated),
             json: by_oid
                 .get(&t.oid)
@@ -371,6 +411,29 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
                 .unwrap_or_default(),
         });
     }
+    for job in &mut jobs {
+        let kind: Option<String> = dst_snap
+            .query_one(
+                "SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1))",
+                &[&job.target.quoted()],
+            )
+            .await
+            .map_err(|e| classify(e, "reading the target's tables"))?
+            .get(0);
+        match kind.as_deref() {
+            Some("p") => job.target_partitioned = true,
+            Some(_) => {}
+            None => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("table {} is missing on the target", job.target),
+                )
+                .with_hint(
+                    "load it first (pgtide run), or validate the other tables with --table",
+                ));
+            }
+        }
+    }
     if !wanted.is_empty() && jobs.is_empty() {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -381,7 +444,7 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
         )
         .with_hint("give schema.table as on the source; unquoted names fold to lower case"));
     }
-    let active = run_active(&dst_snap, &task.name).await?;
+    let active = super::status::run_active(&dst_snap, &task.name).await?;
     if active && opts.repair {
         return Err(Error::new(
             ErrorKind::Conflict,
@@ -389,6 +452,14 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
         )
         .with_hint("stop it first (at an end LSN, or with Ctrl-C/SIGTERM), then validate --repair; a repair racing the applier could undo its changes"));
     }
+    // While repairing, hold the task's lock so that no run starts applying meanwhile.
+    let _repair_lock = if opts.repair {
+        let c = connect(&task.target.url, Side::Target).await?;
+        pgtide_postgres::state::lock_task(&c, &task.name).await?;
+        Some(c)
+    } else {
+        None
+    };
 
     // The plan lists tables largest first and workers pop from the end: reverse, so the
     // biggest table starts first and does not finish alone at the end.
@@ -409,8 +480,24 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
                 let Some(job) = queue.lock().expect("queue").pop() else {
                     break;
                 };
-                let r =
-                    compare_table(&src, &dst, &job, &opts, active, (&src_url, &dst_url)).await?;
+                // A failure on one table is reported with that table; the others go on. The
+                // savepoint keeps each session's snapshot usable after an error.
+                let _ = src.batch_execute("SAVEPOINT pgtide_table").await;
+                let _ = dst.batch_execute("SAVEPOINT pgtide_table").await;
+                let r = match compare_table(&src, &dst, &job, &opts, active, (&src_url, &dst_url))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = src
+                            .batch_execute("ROLLBACK TO SAVEPOINT pgtide_table")
+                            .await;
+                        let _ = dst
+                            .batch_execute("ROLLBACK TO SAVEPOINT pgtide_table")
+                            .await;
+                        (TableValidation::failed(&job, &e), 0)
+                    }
+                };
                 results.lock().expect("results").push(r);
             }
             let _ = src.batch_execute("COMMIT").await;
@@ -449,10 +536,53 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
     Ok(validation)
 }
 
+/// Columns whose values the repair's JSON round trip cannot carry exactly: arrays,
+/// composites, and domains over those or over json/jsonb (their text would be stored as a
+/// JSON string). Such tables are reported, not repaired.
+fn unrepairable(
+    schema: &pgtide_core::schema::Schema,
+    t: &pgtide_core::schema::Table,
+) -> Option<String> {
+    use pgtide_core::schema::TypeKind;
+    for c in &t.columns {
+        let mut oid = c.type_oid;
+        let mut name = c.type_name.clone();
+        let mut domain = false;
+        for _ in 0..8 {
+            match schema.types.get(&oid).map(|ty| &ty.kind) {
+                Some(TypeKind::Domain { base }) => {
+                    domain = true;
+                    oid = *base;
+                    name = schema
+                        .types
+                        .get(base)
+                        .map(|b| b.name.name.clone())
+                        .unwrap_or_default();
+                }
+                _ => break,
+            }
+        }
+        let kind = schema.types.get(&oid).map(|ty| &ty.kind);
+        let bad = name.ends_with("[]")
+            || matches!(
+                kind,
+                Some(TypeKind::Array { .. }) | Some(TypeKind::Composite(_))
+            )
+            || (domain && (name == "json" || name == "jsonb"));
+        if bad {
+            return Some(format!(
+                "column {} ({}) cannot be repaired row by row: reload the table (a full load with it selected)",
+                pgtide_core::ident::display_ident(&c.name),
+                c.type_name
+            ));
+        }
+    }
+    None
+}
+
 /// Open a connection, start a repeatable-read transaction and export its snapshot.
 async fn export(url: &ConnUrl, side: Side) -> Result<(Client, String)> {
-    let client = connect(url, side).await?;
-    pin_output_settings(&client).await?;
+    let client = open(url, side).await?;
     client
         .batch_execute(
             "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
@@ -475,23 +605,9 @@ async fn export(url: &ConnUrl, side: Side) -> Result<(Client, String)> {
 
 /// A worker's connection inside the exported snapshot.
 async fn session(url: &ConnUrl, side: Side, snapshot: &str) -> Result<Client> {
-    let client = connect(url, side).await?;
-    pin_output_settings(&client).await?;
+    let client = open(url, side).await?;
     pgtide_postgres::snapshot::begin_in_snapshot(&client, snapshot).await?;
     Ok(client)
-}
-
-/// True when a run of the task holds its lock on the target.
-async fn run_active(target: &Client, task: &str) -> Result<bool> {
-    Ok(target
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-               AND classid = hashtext('pgtide')::oid AND objid = hashtext($1)::oid AND objsubid = 2)",
-            &[&task],
-        )
-        .await
-        .map_err(|e| classify(e, "looking for an active run of the task on the target"))?
-        .get(0))
 }
 
 /// Row count and checksum of the whole table.
@@ -502,9 +618,9 @@ async fn whole(
     side: Side,
 ) -> Result<(i64, String)> {
     let sql = format!(
-        "SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {}",
+        "SELECT count(*), coalesce(sum({}), 0)::text FROM {}",
         job.hash_expr(),
-        table.quoted()
+        job.relation(table)
     );
     let row = client
         .query_one(&sql, &[])
@@ -576,6 +692,7 @@ async fn compare_table(
                 differences: Vec::new(),
                 more_differences: 0,
                 repair: None,
+                error: None,
                 seconds: started.elapsed().as_secs_f64(),
             },
             0,
@@ -600,6 +717,7 @@ async fn compare_table(
         differences: Vec::new(),
         more_differences: 0,
         repair: None,
+        error: None,
         seconds: 0.0,
     };
     if diff.is_empty() {
@@ -630,7 +748,7 @@ async fn compare_table(
             return Ok((result, rounds));
         }
     }
-    let keys = name_differences(rs, rd, job, &diff, opts.max_keys, &mut result).await?;
+    let keys = name_differences(rs, rd, job, &diff, opts.max_keys, &mut result, active).await?;
     if opts.repair {
         result.repair = Some(if job.key.is_empty() {
             Repair {
@@ -639,17 +757,35 @@ async fn compare_table(
                 equal_after: false,
                 skipped: Some("the table has no key to repair rows by: reload it (a full load with this table selected)".into()),
             }
+        } else if let Some(why) = &job.unrepairable {
+            Repair {
+                deleted: 0,
+                inserted: 0,
+                equal_after: false,
+                skipped: Some(why.clone()),
+            }
         } else {
             let src = fresh(urls.0, Side::Source).await?;
             let dst = fresh(urls.1, Side::Target).await?;
-            let (deleted, inserted) = repair(&src, &dst, job, &keys).await?;
-            let s2 = buckets(&src, job, &job.source, Some(&diff), Side::Source).await?;
-            let d2 = buckets(&dst, job, &job.target, Some(&diff), Side::Target).await?;
-            Repair {
-                deleted,
-                inserted,
-                equal_after: differing(&s2, &d2).is_empty(),
-                skipped: None,
+            match repair(&src, &dst, job, &keys, &diff).await {
+                Ok(Some((deleted, inserted))) => Repair {
+                    deleted,
+                    inserted,
+                    equal_after: true,
+                    skipped: None,
+                },
+                Ok(None) => Repair {
+                    deleted: 0,
+                    inserted: 0,
+                    equal_after: false,
+                    skipped: Some("the repaired rows still differed from the source, so the repair was rolled back: nothing was changed".into()),
+                },
+                Err(e) => Repair {
+                    deleted: 0,
+                    inserted: 0,
+                    equal_after: false,
+                    skipped: Some(format!("the repair failed and was rolled back, nothing was changed: {}", e.report())),
+                },
             }
         });
     }
@@ -660,8 +796,20 @@ async fn compare_table(
 /// A connection outside the snapshot, for settle rounds: each statement sees the latest data.
 /// (The worker's own sessions stay in the snapshot for the tables that come next.)
 async fn fresh(url: &ConnUrl, side: Side) -> Result<Client> {
+    open(url, side).await
+}
+
+/// A connection with the settings every validation session needs: value text pinned
+/// ([`pin_output_settings`]), `reg*` values printed schema-qualified on both sides (an empty
+/// search path), and no statement timeout from the role (a checksum scan of a big table is
+/// one long statement).
+async fn open(url: &ConnUrl, side: Side) -> Result<Client> {
     let client = connect(url, side).await?;
     pin_output_settings(&client).await?;
+    client
+        .batch_execute("SET search_path = ''; SET statement_timeout = 0")
+        .await
+        .map_err(|e| classify(e, &format!("setting up a validation session on the {side}")))?;
     Ok(client)
 }
 
@@ -696,6 +844,7 @@ async fn name_differences(
     diff: &[i32],
     max_keys: usize,
     result: &mut TableValidation,
+    settling: bool,
 ) -> Result<Vec<String>> {
     let (s, d) = tokio::try_join!(
         read_rows(src, job, &job.source, diff, Side::Source),
@@ -767,6 +916,11 @@ async fn name_differences(
             differing_keys.push(k.clone());
         }
     }
+    if found.is_empty() && settling {
+        // The difference was in flight and settled between the bucket pass and this read.
+        result.equal = true;
+        return Ok(Vec::new());
+    }
     if found.is_empty() {
         // Same rows, same hashes, different bucket sums cannot happen; report rather than hide.
         return Err(Error::internal(format!(
@@ -791,7 +945,13 @@ const REPAIR_BATCH: usize = 1000;
 /// source by the types' output functions and turned back into typed values on the target by
 /// `json_populate_record`, which feeds each text to the column type's input function: an exact
 /// round trip under the pinned output settings, with every value passed as a parameter.
-async fn repair(src: &Client, dst: &Client, job: &Job, keys: &[String]) -> Result<(u64, u64)> {
+async fn repair(
+    src: &Client,
+    dst: &Client,
+    job: &Job,
+    keys: &[String],
+    diff: &[i32],
+) -> Result<Option<(u64, u64)>> {
     let cols: Vec<&String> = job
         .columns
         .iter()
@@ -828,8 +988,8 @@ async fn repair(src: &Client, dst: &Client, job: &Job, keys: &[String]) -> Resul
         select = select.join(", ")
     );
     let delete = format!(
-        "DELETE FROM ONLY {} WHERE {} = ANY($1)",
-        job.target.quoted(),
+        "DELETE FROM {} WHERE {} = ANY($1)",
+        job.relation(&job.target),
         job.key_text()
     );
     let err_t = |e| classify(e, &format!("repairing {} on the target", job.target));
@@ -855,10 +1015,24 @@ async fn repair(src: &Client, dst: &Client, job: &Job, keys: &[String]) -> Resul
         Ok::<_, Error>((deleted, inserted))
     }
     .await;
-    match result {
-        Ok(n) => {
+    // Check inside the transaction, before anything is committed: the repaired buckets must
+    // now equal the source's, or nothing is kept.
+    let checked = match result {
+        Ok(n) => tokio::try_join!(
+            buckets(src, job, &job.source, Some(diff), Side::Source),
+            buckets(dst, job, &job.target, Some(diff), Side::Target)
+        )
+        .map(|(a, b)| differing(&a, &b).is_empty().then_some(n)),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(Some(n)) => {
             dst.batch_execute("COMMIT").await.map_err(err_t)?;
-            Ok(n)
+            Ok(Some(n))
+        }
+        Ok(None) => {
+            let _ = dst.batch_execute("ROLLBACK").await;
+            Ok(None)
         }
         Err(e) => {
             let _ = dst.batch_execute("ROLLBACK").await;
@@ -884,6 +1058,8 @@ async fn record(url: &ConnUrl, task: &str, v: &Validation) {
         for t in &v.tables {
             let state = if t.equal {
                 "equal"
+            } else if t.error.is_some() {
+                "error"
             } else if t.repair.as_ref().is_some_and(|r| r.equal_after) {
                 "repaired"
             } else {
