@@ -2,8 +2,9 @@
 //!
 //! Every mapping carries its fidelity, so nothing is altered without the operator knowing:
 //! `Lossless` (every value round-trips), `Lossy` (the column converts, but some values or some
-//! meaning cannot be kept: the reason says which, and values outside the target's range are
-//! handled by the task's value policy, never silently), `Unsupported` (no sensible column type;
+//! meaning cannot be kept: the reason says which; values outside the target's range must be
+//! handled by a per-task policy when rows are loaded, never silently), `Unsupported` (no
+//! sensible column type;
 //! the reason says what to do). The choices start from AWS DMS's PostgreSQL type table and
 //! prefer native MySQL types where they hold every value.
 //!
@@ -61,7 +62,7 @@ fn modifiers(t: &str) -> Vec<u32> {
     }
 }
 
-const DATE_RANGE: &str = "dates before 1000-01-01, BC dates and infinity are outside MySQL's range (value policy applies)";
+const DATE_RANGE: &str = "dates before 1000-01-01, BC dates and infinity are outside MySQL's range";
 
 /// Map a built-in type by its `format_type` text (or internal name for element/base types).
 pub fn map_builtin(type_name: &str) -> Mapping {
@@ -88,17 +89,11 @@ pub fn map_builtin(type_name: &str) -> Mapping {
             ),
             _ => lossy(
                 "DECIMAL(65,30)",
-                "unconstrained numeric: values with more than 35 integer or 30 fractional digits, and NaN, do not fit (value policy applies)",
+                "unconstrained numeric: values with more than 35 integer or 30 fractional digits, and NaN, do not fit",
             ),
         },
-        "real" | "float4" => lossy(
-            "FLOAT",
-            "NaN and infinity are not representable (value policy applies)",
-        ),
-        "double precision" | "float8" => lossy(
-            "DOUBLE",
-            "NaN and infinity are not representable (value policy applies)",
-        ),
+        "real" | "float4" => lossy("FLOAT", "NaN and infinity are not representable"),
+        "double precision" | "float8" => lossy("DOUBLE", "NaN and infinity are not representable"),
         "money" => lossy(
             "DECIMAL(19,2)",
             "stored as a number: the currency symbol and lc_monetary formatting are not kept",
@@ -118,7 +113,11 @@ pub fn map_builtin(type_name: &str) -> Mapping {
             Some(n) if *n <= 16383 => lossless(format!("VARCHAR({n})")),
             _ => lossless("LONGTEXT"),
         },
-        "text" | "citext" => lossless("LONGTEXT"),
+        "text" => lossless("LONGTEXT"),
+        "citext" => lossy(
+            "LONGTEXT",
+            "citext becomes text: compare with a case-insensitive collation on the target",
+        ),
         "\"char\"" => lossless("CHAR(1)"),
         "name" => lossless("VARCHAR(64)"),
         "bytea" => lossless("LONGBLOB"),
@@ -130,7 +129,7 @@ pub fn map_builtin(type_name: &str) -> Mapping {
         ),
         "timestamp with time zone" | "timestamptz" => lossy(
             format!("DATETIME({})", mods.first().copied().unwrap_or(6).min(6)),
-            "stored in UTC without the offset; dates before 1000-01-01, BC and infinity are outside the range (value policy applies)",
+            "stored in UTC without the offset; dates before 1000-01-01, BC and infinity are outside the range",
         ),
         "time without time zone" | "time" => lossless(format!(
             "TIME({})",
@@ -288,9 +287,96 @@ pub fn needs_key_substitute(mysql: &str) -> Option<(&'static str, &'static str)>
     }
 }
 
+/// The PostgreSQL types documented in `docs/mysql-types.md`, in its order.
+pub const DOCUMENTED: &[&str] = &[
+    "smallint",
+    "integer",
+    "bigint",
+    "numeric(10,2)",
+    "numeric(70,10)",
+    "numeric",
+    "real",
+    "double precision",
+    "money",
+    "character(10)",
+    "character varying(100)",
+    "character varying",
+    "text",
+    "\"char\"",
+    "name",
+    "bytea",
+    "boolean",
+    "date",
+    "timestamp without time zone",
+    "timestamp with time zone",
+    "time without time zone",
+    "time with time zone",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "xml",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "bit(8)",
+    "bit varying(16)",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "oid",
+    "pg_lsn",
+    "hstore",
+    "citext",
+    "int4range",
+    "tstzrange",
+    "int4multirange",
+    "integer[]",
+    "text[]",
+];
+
+/// The Markdown table of `docs/mysql-types.md`, generated from the mapping itself.
+pub fn documentation_table() -> String {
+    let mut out =
+        String::from("| PostgreSQL | MySQL / MariaDB | fidelity | note |\n|---|---|---|---|\n");
+    for t in DOCUMENTED {
+        let m = map_builtin(t);
+        let (f, note) = match &m.fidelity {
+            Fidelity::Lossless => ("lossless", String::new()),
+            Fidelity::Lossy(r) => ("lossy", r.clone()),
+            Fidelity::Unsupported(r) => ("unsupported", r.clone()),
+        };
+        out.push_str(&format!("| `{t}` | `{}` | {f} | {note} |\n", m.mysql));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_table_matches_the_code() {
+        let doc = include_str!("../../../docs/mysql-types.md");
+        assert!(
+            doc.contains(&documentation_table()),
+            "docs/mysql-types.md is out of date: regenerate its table with \
+             `cargo test -p pgtide-mysql -- --ignored print_documentation_table --nocapture`"
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn print_documentation_table() {
+        print!("{}", documentation_table());
+    }
 
     #[test]
     fn numeric_precision_decides_decimal_or_text() {
