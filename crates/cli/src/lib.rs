@@ -9,6 +9,7 @@
 //! - [`scheduler`]: the work queue shared by the load's workers.
 //! - [`progress`] and [`report`]: what the operator sees while it runs and at the end.
 //! - [`metrics`]: Prometheus metrics and a JSON status over HTTP for a running task.
+//! - [`mysql_load`]: the full load into a MySQL/MariaDB target.
 //! - [`ops`]: `cleanup`, `status` and `validate`.
 //! - [`verify`]: a whole-database comparison (tables, sequences, schema objects).
 //! - [`demo`] and [`demo_data`]: `pgtide demo` on throwaway servers.
@@ -23,6 +24,7 @@ pub mod demo_data;
 pub mod fullload;
 pub mod logging;
 pub mod metrics;
+pub mod mysql_load;
 pub mod ops;
 pub mod plan;
 pub mod progress;

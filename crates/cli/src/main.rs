@@ -183,7 +183,20 @@ async fn run(cli: Cli) -> Result<(), Error> {
             metrics_addr,
         } => {
             let task = Task::load(&task)?;
-            task.require_postgres_target("run")?;
+            if task.target.kind() == pgtide_core::endpoint::EndpointKind::Mysql {
+                if end_lsn.is_some() || restart || metrics_addr.is_some() {
+                    return Err(Error::config(
+                        "--end-lsn, --restart and --metrics-addr are not available for MySQL targets yet",
+                    )
+                    .with_hint("run the full load without them"));
+                }
+                let report = tokio::select! {
+                    r = pgtide::mysql_load::run(&task) => r?,
+                    e = interrupted() => return Err(e),
+                };
+                print!("{}", report.render());
+                return Ok(());
+            }
             preflight(&task).await?;
             let end_lsn: Option<Lsn> = match end_lsn {
                 Some(s) => Some(

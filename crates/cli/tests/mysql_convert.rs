@@ -129,11 +129,161 @@ fn mysql_targets_are_refused_where_not_supported_yet() {
             "",
         ),
     );
+    for cmd in ["check", "status", "validate", "cleanup"] {
+        let o = pgtide(&[cmd, task.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!(
+                "`pgtide {cmd}` does not support MySQL/MariaDB targets yet"
+            )),
+            "{cmd}: {err}"
+        );
+    }
+    let yaml = std::fs::read_to_string(&task)
+        .unwrap()
+        .replace("mode: full-load\n", "mode: full-load-and-cdc\n");
+    std::fs::write(&task, yaml).unwrap();
     let (code, err) = run_err(&task);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("does not support MySQL/MariaDB targets yet")
-            && err.contains("pgtide convert"),
+        err.contains("change data capture into MySQL/MariaDB is not available yet"),
         "{err}"
+    );
+}
+
+/// Pagila moves into MariaDB: every table, every row, values compared in canonical forms.
+#[test]
+fn pagila_full_load_into_mariadb() {
+    let source = PgServer::start_with(PgOptions::default()).unwrap();
+    load_pagila(&source, "pagila").unwrap();
+    let maria = MariaDbServer::start().unwrap();
+    maria.create_database("pagila").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(
+        dir.path(),
+        "load",
+        &task_yaml("load", &source.url("pagila"), &maria.url("pagila"), ""),
+    );
+    let out = run_ok(&task);
+    assert!(out.contains("LOAD DATA LOCAL INFILE"), "{out}");
+    // Twice: drop-and-create starts over.
+    run_ok(&task);
+
+    for (pg_table, my_table) in [
+        ("actor", "actor"),
+        ("address", "address"),
+        ("category", "category"),
+        ("city", "city"),
+        ("country", "country"),
+        ("customer", "customer"),
+        ("film", "film"),
+        ("film_actor", "film_actor"),
+        ("film_category", "film_category"),
+        ("inventory", "inventory"),
+        ("language", "language"),
+        ("payment", "payment"),
+        ("rental", "rental"),
+        ("staff", "staff"),
+        ("store", "store"),
+    ] {
+        let a = source
+            .psql("pagila", &format!("SELECT count(*) FROM public.{pg_table}"))
+            .unwrap();
+        let b = maria
+            .sql("pagila", &format!("SELECT COUNT(*) FROM `{my_table}`"))
+            .unwrap();
+        assert_eq!(a, b, "{pg_table} rows");
+    }
+    // Canonical comparisons per type family.
+    let checks = [
+        // numeric
+        (
+            "SELECT sum(amount)::text FROM payment",
+            "SELECT CAST(SUM(amount) AS CHAR) FROM payment",
+        ),
+        // timestamptz -> UTC DATETIME(6)
+        (
+            "SELECT to_char(min(rental_date) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '|' || to_char(max(return_date) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM rental",
+            "SELECT CONCAT(DATE_FORMAT(MIN(rental_date), '%Y-%m-%d %H:%i:%s'), '|', DATE_FORMAT(MAX(return_date), '%Y-%m-%d %H:%i:%s')) FROM rental",
+        ),
+        // boolean
+        (
+            "SELECT count(*) FILTER (WHERE activebool) FROM customer",
+            "SELECT SUM(activebool) FROM customer",
+        ),
+        // text[] -> JSON
+        (
+            "SELECT count(*) FROM film WHERE 'Trailers' = ANY(special_features)",
+            "SELECT COUNT(*) FROM film WHERE JSON_CONTAINS(special_features, '\"Trailers\"')",
+        ),
+        // enum
+        (
+            "SELECT string_agg(rating::text || ':' || n, ',' ORDER BY rating::text) FROM (SELECT rating, count(*) n FROM film GROUP BY rating) s",
+            "SELECT GROUP_CONCAT(CONCAT(rating, ':', n) ORDER BY CAST(rating AS CHAR) SEPARATOR ',') FROM (SELECT rating, COUNT(*) n FROM film GROUP BY rating) s",
+        ),
+        // bytea
+        (
+            "SELECT coalesce(sum(length(picture)), 0)::text FROM staff",
+            "SELECT CAST(COALESCE(SUM(LENGTH(picture)), 0) AS CHAR) FROM staff",
+        ),
+        // text with non-ASCII, md5 over all titles and descriptions
+        (
+            "SELECT md5(string_agg(title || coalesce(description, ''), '|' ORDER BY film_id)) FROM film",
+            "SELECT MD5(GROUP_CONCAT(CONCAT(title, COALESCE(description, '')) ORDER BY film_id SEPARATOR '|')) FROM film",
+        ),
+    ];
+    maria
+        .sql("", "SET GLOBAL group_concat_max_len = 100000000")
+        .unwrap();
+    for (pg, my) in checks {
+        let a = source
+            .psql("pagila", &format!("SET TimeZone = 'UTC'; {pg}"))
+            .unwrap();
+        let b = maria.sql("pagila", my).unwrap();
+        assert_eq!(a, b, "{pg}");
+    }
+    // Foreign keys were added with checks on.
+    let fks: i64 = maria
+        .sql("", "SELECT COUNT(*) FROM information_schema.referential_constraints WHERE constraint_schema = 'pagila'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fks >= 15, "{fks}");
+}
+
+/// A value MySQL cannot hold stops the load and rolls the table back; nothing is altered.
+#[test]
+fn a_value_mysql_cannot_hold_stops_the_load() {
+    let source = PgServer::start_with(PgOptions::default()).unwrap();
+    source.create_database("src").unwrap();
+    source
+        .psql(
+            "src",
+            "CREATE TABLE public.events (id int PRIMARY KEY, at date, note text); \
+             INSERT INTO public.events VALUES (1, '2024-01-01', 'ok'), (2, '0044-03-15 BC', 'caesar'), (3, 'infinity', 'later');",
+        )
+        .unwrap();
+    let maria = MariaDbServer::start().unwrap();
+    maria.create_database("dst").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(
+        dir.path(),
+        "bad",
+        &task_yaml("bad", &source.url("src"), &maria.url("dst"), ""),
+    );
+    let (code, err) = run_err(&task);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("rolled back") && err.contains("`events`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0044") && !err.contains("caesar"),
+        "no row values in errors: {err}"
+    );
+    assert_eq!(
+        maria.sql("dst", "SELECT COUNT(*) FROM events").unwrap(),
+        "0"
     );
 }

@@ -341,7 +341,7 @@ impl Task {
             return Err(Error::config(format!(
                 "target.url: `pgtide {command}` does not support MySQL/MariaDB targets yet"
             ))
-            .with_hint("`pgtide convert TASK --out DIR` writes the MySQL schema and the assessment report; loading and change data capture into MySQL are not available yet"));
+            .with_hint("for MySQL targets: `pgtide convert` writes the schema and the assessment report, and `pgtide run` performs a full load; change data capture into MySQL is not available yet"));
         }
         Ok(())
     }

@@ -6,9 +6,11 @@
 //! - [`convert`]: the source schema model turned into MySQL DDL (tables, keys, indexes,
 //!   foreign keys) with names that fit MySQL's rules, and an assessment of every source object.
 //! - [`report`]: that assessment as Markdown and HTML, like AWS SCT's.
+//! - [`load`]: rows streamed into MySQL with `LOAD DATA LOCAL INFILE`, nothing altered silently.
 //!
-//! Loading rows and applying changes into MySQL are not implemented yet.
+//! Applying changes (CDC) into MySQL is not implemented yet.
 
 pub mod convert;
+pub mod load;
 pub mod report;
 pub mod types;

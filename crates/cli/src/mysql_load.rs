@@ -1,0 +1,291 @@
+//! `pgtide run` with a MySQL/MariaDB target, mode `full-load`.
+//!
+//! 1. Export one snapshot on the source, read the catalog in it, plan the selection, and
+//!    convert the schema ([`pgtide_mysql::convert`]). Columns whose type has no MySQL mapping
+//!    stop the task here, before anything is written.
+//! 2. Prepare the target under the task's preparation mode: drop and create the converted
+//!    tables, or truncate them, or check that they exist and are empty.
+//! 3. Load tables in parallel, largest first, every worker reading from the same snapshot, each
+//!    table in one MySQL transaction ([`pgtide_mysql::load`]): the source's rows or none.
+//! 4. Add the foreign keys with checks on, so MySQL validates them against the loaded rows.
+//!
+//! Unlike the PostgreSQL target, no per-chunk state is kept on a MySQL target yet: a run that
+//! dies is re-run from the start (drop-and-create empties the tables again).
+
+use crate::plan;
+use pgtide_core::endpoint::ConnUrl;
+use pgtide_core::task::{Mode, TablePreparation, Task};
+use pgtide_core::{Error, ErrorKind, Result};
+use pgtide_mysql::convert::{ConvertedTable, Status, convert, quote};
+use pgtide_mysql::load::{MysqlTarget, copy_sql, load_sql, pg_text_to_mysql, transfer};
+use pgtide_postgres::connect::{Side, classify, connect};
+use pgtide_postgres::introspect;
+use pgtide_postgres::snapshot::{ExportedSnapshot, begin_in_snapshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One loaded table.
+#[derive(Debug, Clone)]
+pub struct LoadedTable {
+    /// Source table.
+    pub source: String,
+    /// Target table.
+    pub target: String,
+    /// Rows loaded.
+    pub rows: u64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// The result of a full load into MySQL.
+#[derive(Debug, Clone)]
+pub struct MysqlLoadReport {
+    /// Target database.
+    pub database: String,
+    /// Per table.
+    pub tables: Vec<LoadedTable>,
+    /// Foreign keys added.
+    pub foreign_keys: usize,
+    /// Seconds in total.
+    pub seconds: f64,
+}
+
+impl MysqlLoadReport {
+    /// Human-readable summary.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "full load into MySQL/MariaDB database {} (LOAD DATA LOCAL INFILE, one transaction per table)\n{:<40} {:>12} {:>9}\n",
+            self.database, "table", "rows", "seconds"
+        );
+        for t in &self.tables {
+            out.push_str(&format!(
+                "{:<40} {:>12} {:>9.1}\n",
+                t.target, t.rows, t.seconds
+            ));
+        }
+        let rows: u64 = self.tables.iter().map(|t| t.rows).sum();
+        out.push_str(&format!(
+            "total: {} tables, {rows} rows, {} foreign keys, {:.1} s\n",
+            self.tables.len(),
+            self.foreign_keys,
+            self.seconds
+        ));
+        out
+    }
+}
+
+/// Run a full load into the task's MySQL target.
+pub async fn run(task: &Task) -> Result<MysqlLoadReport> {
+    if task.mode != Mode::FullLoad {
+        return Err(Error::config(format!(
+            "mode {}: change data capture into MySQL/MariaDB is not available yet",
+            task.mode.as_str()
+        ))
+        .with_hint("use mode: full-load for a MySQL target"));
+    }
+    let started = Instant::now();
+    let target = MysqlTarget::new(&task.target.url)?;
+    let mut control = target.session().await?;
+    let snapshot = ExportedSnapshot::export(&task.source.url).await?;
+    let schema = introspect::introspect(snapshot.client()).await?;
+    let (load_plan, _) = plan::plan(&schema, task)?;
+    let conversion = convert(&schema, &load_plan.selected, &[], &task.target.url.database);
+    let unsupported: Vec<String> = conversion
+        .items
+        .iter()
+        .filter(|i| i.kind == "column" && matches!(i.status, Status::ActionRequired(_)))
+        .map(|i| i.source.clone())
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "these columns have no MySQL type mapping: {}",
+                unsupported.join(", ")
+            ),
+        )
+        .with_hint("run pgtide convert to see why; change their type on the source, or exclude their tables"));
+    }
+
+    // Prepare.
+    for t in &conversion.tables {
+        let what = format!("preparing {} on the target", quote(&t.target));
+        match task.full_load.table_preparation {
+            TablePreparation::DropAndCreate => {
+                control
+                    .exec(&format!("DROP TABLE IF EXISTS {}", quote(&t.target)), &what)
+                    .await?;
+                control.exec(&t.create, &what).await?;
+            }
+            TablePreparation::Truncate | TablePreparation::DoNothing => {
+                let exists = control
+                    .query_text(
+                        &format!(
+                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = {}",
+                            pgtide_mysql::types::mysql_literal(&t.target)
+                        ),
+                        &what,
+                    )
+                    .await?;
+                if exists.as_deref() != Some("1") {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("table {} does not exist on the target", quote(&t.target)),
+                    )
+                    .with_hint("create it (pgtide convert writes the DDL), or use table_preparation: drop-and-create"));
+                }
+                if task.full_load.table_preparation == TablePreparation::Truncate {
+                    control
+                        .exec(&format!("TRUNCATE TABLE {}", quote(&t.target)), &what)
+                        .await?;
+                } else {
+                    let any = control
+                        .query_text(
+                            &format!("SELECT EXISTS (SELECT 1 FROM {})", quote(&t.target)),
+                            &what,
+                        )
+                        .await?;
+                    if any.as_deref() == Some("1") {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "table {} on the target already holds rows",
+                                quote(&t.target)
+                            ),
+                        )
+                        .with_hint(
+                            "empty it, or use table_preparation: truncate or drop-and-create",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Load.
+    let queue: Arc<Mutex<Vec<ConvertedTable>>> = Arc::new(Mutex::new(
+        conversion.tables.iter().rev().cloned().collect(),
+    ));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..task
+        .full_load
+        .threads
+        .clamp(1, conversion.tables.len().max(1))
+    {
+        let queue = queue.clone();
+        let results = results.clone();
+        let target = target.clone();
+        let url = task.source.url.clone();
+        let name = snapshot.name().to_string();
+        workers.push(tokio::spawn(async move {
+            worker(&url, &name, &target, &queue, &results).await
+        }));
+    }
+    let mut first_err = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(Error::internal(format!("load worker: {e}")));
+            }
+        }
+    }
+    let _ = snapshot.release().await;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    // Foreign keys, validated against the rows.
+    control
+        .exec("SET FOREIGN_KEY_CHECKS = 1", "enabling foreign key checks")
+        .await?;
+    for fk in &conversion.foreign_keys {
+        control
+            .exec(fk, "adding a foreign key on the target")
+            .await?;
+    }
+    control.close().await;
+    target.close().await;
+    let mut tables: Vec<LoadedTable> = std::mem::take(&mut *results.lock().expect("results"));
+    tables.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(MysqlLoadReport {
+        database: conversion.database.clone(),
+        tables,
+        foreign_keys: conversion.foreign_keys.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn worker(
+    url: &ConnUrl,
+    snapshot: &str,
+    target: &MysqlTarget,
+    queue: &Mutex<Vec<ConvertedTable>>,
+    results: &Mutex<Vec<LoadedTable>>,
+) -> Result<()> {
+    let source = connect(url, Side::Source).await?;
+    // The text forms MySQL reads: ISO dates in UTC, shortest exact floats, hex bytea.
+    source
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
+             SET extra_float_digits = 1; SET bytea_output = 'hex'",
+        )
+        .await
+        .map_err(|e| classify(e, "setting up a source session"))?;
+    begin_in_snapshot(&source, snapshot).await?;
+    let mut session = target.session().await?;
+    loop {
+        let Some(table) = queue.lock().expect("queue").pop() else {
+            break;
+        };
+        let started = Instant::now();
+        let transfers: Vec<_> = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| transfer(c, i))
+            .collect();
+        let copy = copy_sql(&table, &transfers);
+        let load = load_sql(&table, &transfers);
+        let stream = source
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| classify(e, &format!("reading {} on the source", table.source)))?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        use futures::StreamExt;
+        let rows = stream.map(move |r| {
+            r.map(|row| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                pg_text_to_mysql(&row)
+            })
+            .map_err(std::io::Error::other)
+        });
+        let loaded = session.load(&table, &load, rows).await?;
+        let sent = sent.load(Ordering::Relaxed);
+        if loaded != sent {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "{}: the source sent {sent} rows but MySQL loaded {loaded}",
+                    table.source
+                ),
+            ));
+        }
+        tracing::info!(table = %table.target, rows = loaded, "loaded");
+        results.lock().expect("results").push(LoadedTable {
+            source: table.source.to_string(),
+            target: table.target.clone(),
+            rows: loaded,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let _ = source.batch_execute("COMMIT").await;
+    session.close().await;
+    Ok(())
+}

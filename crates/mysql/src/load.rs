@@ -1,0 +1,440 @@
+//! Loading rows into MySQL/MariaDB with `LOAD DATA LOCAL INFILE`, streamed from memory.
+//!
+//! # The pipe
+//!
+//! The source runs `COPY (SELECT <expressions>) TO STDOUT` in text format inside the load's
+//! snapshot; each row arrives as one CopyData message, tab-separated, `\N` for NULL, with
+//! backslash escapes. That is almost MySQL's default `LOAD DATA` format (fields terminated by
+//! tab, escaped by backslash, lines by newline, `\N` for NULL), so rows go to the server as
+//! they come, through the driver's LOCAL INFILE stream, without being parsed. Two escapes
+//! differ: PostgreSQL writes form feed and vertical tab as `\f` and `\v`, which MySQL would read
+//! as the letters `f` and `v`; [`pg_text_to_mysql`] turns them back into the raw bytes.
+//!
+//! Values are put into MySQL's input forms on the source, by the `SELECT` expressions of
+//! [`transfer`]: booleans as 0/1, bytea as hex (unhexed on the server), timestamps with time
+//! zone in UTC, arrays and composites as JSON, money as numeric, bit strings through `CONV`.
+//!
+//! # Nothing altered silently
+//!
+//! `LOAD DATA LOCAL` turns data errors (a value out of range, a truncated string, a duplicate
+//! key) into warnings and loads the row anyway. Each table is therefore loaded inside a
+//! transaction, with strict SQL mode and `NO_AUTO_VALUE_ON_ZERO` (a 0 in an `AUTO_INCREMENT`
+//! column stays 0): if the server reports any warning, the transaction is rolled back and the
+//! load stops, naming the table, the column and the row from the warning (with quoted values
+//! removed: warnings can quote row contents). The row count the server reports must equal the
+//! rows the source sent.
+
+use crate::convert::{ConvertedColumn, ConvertedTable, quote};
+use bytes::Bytes;
+use futures::Stream;
+use mysql_async::prelude::Queryable;
+use pgtide_core::endpoint::{ConnUrl, Host, SslMode};
+use pgtide_core::{Error, ErrorKind, Result};
+
+/// How one column travels: the source expression, and how the target receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Expression in the source `SELECT`.
+    pub select: String,
+    /// The column in the `LOAD DATA` column list: the target column, or a user variable.
+    pub load_as: String,
+    /// `SET` clause when the value goes through a variable.
+    pub set: Option<String>,
+}
+
+fn pg_ident(s: &str) -> String {
+    pgtide_core::ident::quote_ident(s)
+}
+
+/// The transfer of column `c` (`i` numbers user variables).
+pub fn transfer(c: &ConvertedColumn, i: usize) -> Transfer {
+    let src = pg_ident(&c.source);
+    let tgt = quote(&c.target);
+    let t = c.type_name.as_str();
+    let var = format!("@v{i}");
+    let direct = |select: String| Transfer {
+        select,
+        load_as: tgt.clone(),
+        set: None,
+    };
+    if c.mysql == "BOOLEAN" {
+        return direct(format!("{src}::int"));
+    }
+    if c.mysql == "LONGBLOB" || c.mysql.starts_with("VARBINARY") {
+        return Transfer {
+            select: format!("encode({src}, 'hex')"),
+            load_as: var.clone(),
+            set: Some(format!("{tgt} = UNHEX({var})")),
+        };
+    }
+    if c.mysql.starts_with("BIT(") {
+        return Transfer {
+            select: format!("{src}::text"),
+            load_as: var.clone(),
+            set: Some(format!("{tgt} = CONV({var}, 2, 10) + 0")),
+        };
+    }
+    if t.starts_with("timestamp") && t.contains("with time zone") {
+        // The session's TimeZone is UTC: the wall-clock time in UTC, without an offset.
+        return direct(format!("({src} AT TIME ZONE 'UTC')::text"));
+    }
+    if t.starts_with("time") && t.contains("with time zone") {
+        return direct(format!("{src}::time::text"));
+    }
+    if t == "money" {
+        return direct(format!("{src}::numeric::text"));
+    }
+    if c.mysql == "JSON" && !(t == "json" || t == "jsonb" || t == "hstore") {
+        return direct(format!("to_json({src})::text"));
+    }
+    if t == "hstore" {
+        return direct(format!("hstore_to_json({src})::text"));
+    }
+    direct(format!("{src}::text"))
+}
+
+/// The `COPY (SELECT ...) TO STDOUT` of a converted table: partitioned sources are read through
+/// their root (all partitions), others with `ONLY`.
+pub fn copy_sql(table: &ConvertedTable, transfers: &[Transfer]) -> String {
+    let list: Vec<&str> = transfers.iter().map(|t| t.select.as_str()).collect();
+    format!(
+        "COPY (SELECT {} FROM {}{}) TO STDOUT",
+        list.join(", "),
+        if table.partitioned { "" } else { "ONLY " },
+        table.source.quoted()
+    )
+}
+
+/// The `LOAD DATA LOCAL INFILE` statement for a converted table.
+///
+/// When any column needs a `SET` clause, every column goes through a variable: MariaDB
+/// ignores `NO_AUTO_VALUE_ON_ZERO` for a column loaded directly alongside a `SET` clause, and
+/// would turn a key of 0 into a new `AUTO_INCREMENT` value (found with Pagila's `staff`).
+pub fn load_sql(table: &ConvertedTable, transfers: &[Transfer]) -> String {
+    let any_set = transfers.iter().any(|t| t.set.is_some());
+    let routed: Vec<Transfer> = transfers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if any_set && t.set.is_none() {
+                let var = format!("@v{i}");
+                Transfer {
+                    select: t.select.clone(),
+                    load_as: var.clone(),
+                    set: Some(format!("{} = {var}", t.load_as)),
+                }
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let cols: Vec<&str> = routed.iter().map(|t| t.load_as.as_str()).collect();
+    let sets: Vec<&str> = routed.iter().filter_map(|t| t.set.as_deref()).collect();
+    let mut sql = format!(
+        "LOAD DATA LOCAL INFILE 'pgtide-stream' INTO TABLE {} CHARACTER SET utf8mb4 \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        quote(&table.target),
+        cols.join(", ")
+    );
+    if !sets.is_empty() {
+        sql.push_str(" SET ");
+        sql.push_str(&sets.join(", "));
+    }
+    sql
+}
+
+/// Rewrite one row of PostgreSQL COPY text for MySQL: `\f` and `\v` become the raw bytes;
+/// every other escape means the same to both.
+pub fn pg_text_to_mysql(row: &[u8]) -> Bytes {
+    if !row
+        .windows(2)
+        .any(|w| w[0] == b'\\' && (w[1] == b'f' || w[1] == b'v'))
+    {
+        return Bytes::copy_from_slice(row);
+    }
+    let mut out = Vec::with_capacity(row.len());
+    let mut i = 0;
+    while i < row.len() {
+        if row[i] == b'\\' && i + 1 < row.len() {
+            match row[i + 1] {
+                b'f' => out.push(0x0c),
+                b'v' => out.push(0x0b),
+                other => {
+                    out.push(b'\\');
+                    out.push(other);
+                }
+            }
+            i += 2;
+        } else {
+            out.push(row[i]);
+            i += 1;
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Remove quoted parts (which can be row values) from a server message.
+pub fn redact_values(msg: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for ch in msg.chars() {
+        if ch == '\'' {
+            if !quoted {
+                out.push_str("'…'");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn my_err(what: &str, e: mysql_async::Error) -> Error {
+    let (kind, hint) = match &e {
+        mysql_async::Error::Server(s) => match s.code {
+            1045 | 1044 => (
+                ErrorKind::Auth,
+                Some(
+                    "check the user and password in the target URL (or MYSQL_PWD) and the user's host grants",
+                ),
+            ),
+            1049 => (
+                ErrorKind::NotFound,
+                Some(
+                    "create the database first (CREATE DATABASE ... CHARACTER SET utf8mb4) or fix its name in the URL",
+                ),
+            ),
+            1142 | 1227 | 1370 => (
+                ErrorKind::Auth,
+                Some("grant the missing privilege to the target user"),
+            ),
+            1148 | 3948 | 2068 => (
+                ErrorKind::Prerequisite,
+                Some(
+                    "the server refuses LOAD DATA LOCAL INFILE: SET GLOBAL local_infile = 1 (MySQL) or start MariaDB with local_infile=1; pgtide has no INSERT fallback yet",
+                ),
+            ),
+            1205 | 1213 => (ErrorKind::Transient, None),
+            _ => (ErrorKind::Database, None),
+        },
+        mysql_async::Error::Io(_) => (
+            ErrorKind::Connection,
+            Some("check that the MySQL server is running and reachable"),
+        ),
+        _ => (ErrorKind::Database, None),
+    };
+    let text = match &e {
+        mysql_async::Error::Server(s) => {
+            format!("{} (error {})", redact_values(&s.message), s.code)
+        }
+        other => other.to_string(),
+    };
+    let mut err = Error::new(kind, format!("{what}: {text}"));
+    if let Some(h) = hint {
+        err = err.with_hint(h);
+    }
+    err
+}
+
+/// A MySQL/MariaDB target (the `mysql_async` driver, pinned, stays behind this type).
+#[derive(Clone)]
+pub struct MysqlTarget {
+    pool: mysql_async::Pool,
+    what: String,
+}
+
+impl MysqlTarget {
+    /// A pool of connections to the target URL's database.
+    pub fn new(url: &ConnUrl) -> Result<Self> {
+        if matches!(
+            url.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
+            return Err(Error::config(format!(
+                "target.url: sslmode={} is not available for MySQL targets yet",
+                url.sslmode.as_str()
+            ))
+            .with_hint("use sslmode=disable (or prefer) on a trusted network, or a TLS tunnel"));
+        }
+        let mut b = mysql_async::OptsBuilder::default()
+            .user(Some(url.user.clone()))
+            .pass(url.password.as_ref().map(|p| p.expose().to_string()))
+            .db_name(Some(url.database.clone()))
+            .prefer_socket(false);
+        b = match &url.host {
+            Host::Tcp(h) => b.ip_or_hostname(h.clone()).tcp_port(url.port),
+            Host::Socket(dir) => b.socket(Some(dir.join("mysqld.sock").display().to_string())),
+        };
+        Ok(MysqlTarget {
+            pool: mysql_async::Pool::new(b),
+            what: format!("the target {url}"),
+        })
+    }
+
+    /// A session set up for loading: UTC, strict, no key checks during the load, utf8mb4.
+    pub async fn session(&self) -> Result<MysqlSession> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| my_err(&format!("cannot connect to {}", self.what), e))?;
+        conn.query_drop(
+            "SET NAMES utf8mb4, time_zone = '+00:00', FOREIGN_KEY_CHECKS = 0, UNIQUE_CHECKS = 1, \
+             sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+        )
+        .await
+        .map_err(|e| my_err("setting up a MySQL session", e))?;
+        Ok(MysqlSession { conn })
+    }
+
+    /// Close the pool.
+    pub async fn close(self) {
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+/// One MySQL connection.
+pub struct MysqlSession {
+    conn: mysql_async::Conn,
+}
+
+impl MysqlSession {
+    /// Close the connection. A pool's [`MysqlTarget::close`] waits for every connection taken
+    /// from it, so sessions are closed (or dropped) first.
+    pub async fn close(self) {
+        let _ = self.conn.disconnect().await;
+    }
+
+    /// Run a statement (DDL); `what` names it in errors.
+    pub async fn exec(&mut self, sql: &str, what: &str) -> Result<()> {
+        self.conn.query_drop(sql).await.map_err(|e| my_err(what, e))
+    }
+
+    /// The first column of the first row of a query, as text.
+    pub async fn query_text(&mut self, sql: &str, what: &str) -> Result<Option<String>> {
+        let v: Option<Option<String>> = self
+            .conn
+            .query_first(sql)
+            .await
+            .map_err(|e| my_err(what, e))?;
+        Ok(v.flatten())
+    }
+
+    /// Load `rows` (MySQL LOAD DATA text) into `table` in one transaction; returns the rows
+    /// the server loaded. Any warning rolls the transaction back and is an error.
+    pub async fn load<S>(&mut self, table: &ConvertedTable, sql: &str, rows: S) -> Result<u64>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let what = format!("loading {}", quote(&table.target));
+        self.exec("START TRANSACTION", &what).await?;
+        // The driver wants a Sync future; the stream is only Send, so it waits in a mutex.
+        let rows = std::sync::Mutex::new(Some(rows));
+        self.conn.set_infile_handler(async move {
+            let rows = rows
+                .lock()
+                .map_err(|_| std::io::Error::other("LOCAL INFILE stream lock poisoned"))?
+                .take()
+                .ok_or_else(|| std::io::Error::other("LOCAL INFILE stream requested twice"))?;
+            Ok(Box::pin(rows) as mysql_async::InfileData)
+        });
+        let result = self.conn.query_drop(sql).await;
+        let loaded = self.conn.affected_rows();
+        let warnings = self.conn.get_warnings();
+        if let Err(e) = result {
+            let _ = self.conn.query_drop("ROLLBACK").await;
+            return Err(my_err(&what, e));
+        }
+        if warnings > 0 {
+            let first: Option<(String, u32, String)> = self
+                .conn
+                .query_first("SHOW WARNINGS LIMIT 1")
+                .await
+                .map_err(|e| my_err(&what, e))?;
+            let _ = self.conn.query_drop("ROLLBACK").await;
+            let detail = first
+                .map(|(level, code, msg)| format!("{level} {code}: {}", redact_values(&msg)))
+                .unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{what}: MySQL would have altered or dropped values ({warnings} warnings; first: {detail}); the table's load was rolled back"
+                ),
+            )
+            .with_hint("a value does not fit the converted column type (see the assessment report for the column's caveat): fix or exclude the value on the source, or change the column's type on the target"));
+        }
+        self.exec("COMMIT", &what).await?;
+        Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(source: &str, mysql: &str, type_name: &str) -> ConvertedColumn {
+        ConvertedColumn {
+            source: source.into(),
+            target: source.into(),
+            mysql: mysql.into(),
+            type_oid: 0,
+            type_name: type_name.into(),
+        }
+    }
+
+    #[test]
+    fn escapes_mysql_does_not_know_become_bytes() {
+        assert_eq!(
+            &pg_text_to_mysql(b"a\\fb\\vc\\\\f\\n\n")[..],
+            b"a\x0cb\x0bc\\\\f\\n\n"
+        );
+        assert_eq!(&pg_text_to_mysql(b"plain\t\\N\n")[..], b"plain\t\\N\n");
+    }
+
+    #[test]
+    fn transfers_put_values_into_mysql_input_forms() {
+        let b = transfer(&col("Flag", "BOOLEAN", "boolean"), 0);
+        assert_eq!(b.select, "\"Flag\"::int");
+        let x = transfer(&col("pic", "LONGBLOB", "bytea"), 3);
+        assert_eq!(x.load_as, "@v3");
+        assert_eq!(x.set.as_deref(), Some("`pic` = UNHEX(@v3)"));
+        let t = transfer(&col("at", "DATETIME(6)", "timestamp with time zone"), 0);
+        assert_eq!(t.select, "(\"at\" AT TIME ZONE 'UTC')::text");
+        let a = transfer(&col("tags", "JSON", "text[]"), 0);
+        assert_eq!(a.select, "to_json(\"tags\")::text");
+        let j = transfer(&col("doc", "JSON", "jsonb"), 0);
+        assert_eq!(j.select, "\"doc\"::text");
+    }
+
+    #[test]
+    fn with_any_set_clause_every_column_goes_through_a_variable() {
+        let cols = [col("id", "INT", "integer"), col("pic", "LONGBLOB", "bytea")];
+        let transfers: Vec<Transfer> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| transfer(c, i))
+            .collect();
+        let table = ConvertedTable {
+            oid: 1,
+            source: pgtide_core::ident::QualifiedName::new("public", "t"),
+            partitioned: false,
+            target: "t".into(),
+            columns: cols.to_vec(),
+            create: String::new(),
+        };
+        let sql = load_sql(&table, &transfers);
+        assert!(
+            sql.ends_with("(@v0, @v1) SET `id` = @v0, `pic` = UNHEX(@v1)"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn warnings_lose_their_values() {
+        assert_eq!(
+            redact_values("Incorrect datetime value: '0044-03-15 BC' for column `t`.`d` at row 5"),
+            "Incorrect datetime value: '…' for column `t`.`d` at row 5"
+        );
+    }
+}
