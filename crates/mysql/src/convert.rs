@@ -953,7 +953,7 @@ pub fn convert(
             },
         ));
     }
-    tables.sort_by(|a, b| b.0.cmp(&a.0));
+    tables.sort_by_key(|t| std::cmp::Reverse(t.0));
     let tables: Vec<ConvertedTable> = tables.into_iter().map(|x| x.1).collect();
     for fk in &fks {
         ddl.push_str(fk);
