@@ -24,6 +24,7 @@ pub mod demo_data;
 pub mod fullload;
 pub mod logging;
 pub mod metrics;
+pub mod mysql_cdc;
 pub mod mysql_load;
 pub mod ops;
 pub mod plan;

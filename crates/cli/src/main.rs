@@ -184,17 +184,51 @@ async fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let task = Task::load(&task)?;
             if task.target.kind() == pgtide_core::endpoint::EndpointKind::Mysql {
-                if end_lsn.is_some() || restart || metrics_addr.is_some() {
+                if metrics_addr.is_some() {
                     return Err(Error::config(
-                        "--end-lsn, --restart and --metrics-addr are not available for MySQL targets yet",
+                        "--metrics-addr is not available for MySQL targets yet",
                     )
-                    .with_hint("run the full load without them"));
+                    .with_hint("run without it; the progress lines show the state"));
                 }
-                let report = tokio::select! {
-                    r = pgtide::mysql_load::run(&task) => r?,
-                    e = interrupted() => return Err(e),
+                if task.mode == Mode::FullLoad {
+                    if end_lsn.is_some() || restart {
+                        return Err(Error::config(
+                            "--end-lsn and --restart apply to change data capture; this task's mode is full-load",
+                        )
+                        .with_hint("set mode: full-load-and-cdc or cdc in the task file"));
+                    }
+                    let report = tokio::select! {
+                        r = pgtide::mysql_load::run(&task) => r?,
+                        e = interrupted() => return Err(e),
+                    };
+                    print!("{}", report.render());
+                    return Ok(());
+                }
+                let end_lsn: Option<Lsn> = match end_lsn {
+                    Some(s) => Some(
+                        s.parse()
+                            .map_err(|e: String| Error::config(format!("--end-lsn: {e}")))?,
+                    ),
+                    None => None,
                 };
-                print!("{}", report.render());
+                let shutdown = Shutdown::new();
+                shutdown.install_signal_handlers();
+                let status = Arc::new(CdcStatus::default());
+                let stop_display = Arc::new(tokio::sync::Notify::new());
+                let cdc_display = cdc::spawn_display(status.clone(), display, stop_display.clone());
+                let result = pgtide::mysql_cdc::run(
+                    &task,
+                    &CdcOptions { restart, end_lsn },
+                    status,
+                    &shutdown,
+                )
+                .await;
+                stop_display.notify_one();
+                if let Some(h) = cdc_display {
+                    let _ = h.await;
+                }
+                let outcome = result?;
+                print!("{}", outcome.render(&task.name));
                 return Ok(());
             }
             preflight(&task).await?;

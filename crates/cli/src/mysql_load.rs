@@ -11,12 +11,14 @@
 //!
 //! Unlike the PostgreSQL target, no per-chunk state is kept on a MySQL target yet: a run that
 //! dies is re-run from the start (drop-and-create empties the tables again).
+//!
+//! `full-load-and-cdc` calls [`load`] with its replication slot's snapshot (see `mysql_cdc`).
 
 use crate::plan;
 use pgtide_core::endpoint::ConnUrl;
 use pgtide_core::task::{Mode, TablePreparation, Task};
 use pgtide_core::{Error, ErrorKind, Result};
-use pgtide_mysql::convert::{ConvertedTable, Status, convert, quote};
+use pgtide_mysql::convert::{Conversion, ConvertedTable, Status, convert, quote};
 use pgtide_mysql::load::{MysqlTarget, copy_sql, load_sql, pg_text_to_mysql, transfer};
 use pgtide_postgres::connect::{Side, classify, connect};
 use pgtide_postgres::introspect;
@@ -75,22 +77,82 @@ impl MysqlLoadReport {
     }
 }
 
-/// Run a full load into the task's MySQL target.
+/// Run a full load (mode `full-load`) into the task's MySQL target.
 pub async fn run(task: &Task) -> Result<MysqlLoadReport> {
     if task.mode != Mode::FullLoad {
-        return Err(Error::config(format!(
-            "mode {}: change data capture into MySQL/MariaDB is not available yet",
-            task.mode.as_str()
-        ))
-        .with_hint("use mode: full-load for a MySQL target"));
+        return Err(Error::internal("mysql_load::run called for a CDC task"));
     }
+    Ok(load(task, None).await?.0)
+}
+
+/// Where the load reads from: a snapshot it exported, or one it was given (a replication
+/// slot's, held open by the caller).
+enum Snapshot {
+    Exported(ExportedSnapshot),
+    Given(String, tokio_postgres::Client),
+}
+
+impl Snapshot {
+    fn name(&self) -> &str {
+        match self {
+            Snapshot::Exported(s) => s.name(),
+            Snapshot::Given(n, _) => n,
+        }
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        match self {
+            Snapshot::Exported(s) => s.client(),
+            Snapshot::Given(_, c) => c,
+        }
+    }
+}
+
+/// Convert, prepare and load, from `snapshot` when given (else from a snapshot of its own).
+/// Returns the report and the conversion the tables were created from.
+pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadReport, Conversion)> {
     let started = Instant::now();
     let target = MysqlTarget::new(&task.target.url)?;
     let mut control = target.session().await?;
-    let snapshot = ExportedSnapshot::export(&task.source.url).await?;
+    let snapshot = match snapshot {
+        None => Snapshot::Exported(ExportedSnapshot::export(&task.source.url).await?),
+        Some(name) => {
+            let client = connect(&task.source.url, Side::Source).await?;
+            begin_in_snapshot(&client, name).await?;
+            Snapshot::Given(name.to_string(), client)
+        }
+    };
     let schema = introspect::introspect(snapshot.client()).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;
     let conversion = convert(&schema, &load_plan.selected, &[], &task.target.url.database);
+    // TRUNCATE and most ALTER TABLEs are not MVCC-safe: one committed while the load runs
+    // would show the snapshot an empty or rewritten table. An ACCESS SHARE lock held by the
+    // snapshot's transaction until the load ends makes them wait (as pg_dump does); it blocks
+    // no reads or writes.
+    if !conversion.tables.is_empty() {
+        let list: Vec<String> = conversion
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}{}",
+                    if t.partitioned { "" } else { "ONLY " },
+                    t.source.quoted()
+                )
+            })
+            .collect();
+        snapshot
+            .client()
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE",
+                list.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                classify(e, "locking the source tables against TRUNCATE and ALTER during the load")
+                    .with_hint("a session holds an exclusive lock on one of them (a long ALTER TABLE or VACUUM FULL?); retry when it is done")
+            })?;
+    }
     let unsupported: Vec<String> = conversion
         .items
         .iter()
@@ -195,7 +257,9 @@ pub async fn run(task: &Task) -> Result<MysqlLoadReport> {
             }
         }
     }
-    let _ = snapshot.release().await;
+    if let Snapshot::Exported(s) = snapshot {
+        let _ = s.release().await;
+    }
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -213,12 +277,13 @@ pub async fn run(task: &Task) -> Result<MysqlLoadReport> {
     target.close().await;
     let mut tables: Vec<LoadedTable> = std::mem::take(&mut *results.lock().expect("results"));
     tables.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(MysqlLoadReport {
+    let report = MysqlLoadReport {
         database: conversion.database.clone(),
         tables,
         foreign_keys: conversion.foreign_keys.len(),
         seconds: started.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((report, conversion))
 }
 
 async fn worker(

@@ -140,16 +140,9 @@ fn mysql_targets_are_refused_where_not_supported_yet() {
             "{cmd}: {err}"
         );
     }
-    let yaml = std::fs::read_to_string(&task)
-        .unwrap()
-        .replace("mode: full-load\n", "mode: full-load-and-cdc\n");
-    std::fs::write(&task, yaml).unwrap();
-    let (code, err) = run_err(&task);
+    let (code, err) = run_err_args(&["run", task.to_str().unwrap(), "--end-lsn", "0/1"]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("change data capture into MySQL/MariaDB is not available yet"),
-        "{err}"
-    );
+    assert!(err.contains("this task's mode is full-load"), "{err}");
 }
 
 /// Pagila moves into MariaDB: every table, every row, values compared in canonical forms.

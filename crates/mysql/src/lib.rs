@@ -10,7 +10,9 @@
 //!
 //! Applying changes (CDC) into MySQL is not implemented yet.
 
+pub mod apply;
 pub mod convert;
 pub mod load;
 pub mod report;
 pub mod types;
+pub mod values;

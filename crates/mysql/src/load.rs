@@ -190,7 +190,7 @@ pub fn redact_values(msg: &str) -> String {
     out
 }
 
-fn my_err(what: &str, e: mysql_async::Error) -> Error {
+pub(crate) fn my_err(what: &str, e: mysql_async::Error) -> Error {
     let (kind, hint) = match &e {
         mysql_async::Error::Server(s) => match s.code {
             1045 | 1044 => (
@@ -241,6 +241,7 @@ fn my_err(what: &str, e: mysql_async::Error) -> Error {
 #[derive(Clone)]
 pub struct MysqlTarget {
     pool: mysql_async::Pool,
+    opts: mysql_async::Opts,
     what: String,
 }
 
@@ -261,24 +262,42 @@ impl MysqlTarget {
             .user(Some(url.user.clone()))
             .pass(url.password.as_ref().map(|p| p.expose().to_string()))
             .db_name(Some(url.database.clone()))
-            .prefer_socket(false);
+            .prefer_socket(false)
+            // UPDATE and DELETE report matched rows, which the applier checks.
+            .client_found_rows(true);
         b = match &url.host {
             Host::Tcp(h) => b.ip_or_hostname(h.clone()).tcp_port(url.port),
             Host::Socket(dir) => b.socket(Some(dir.join("mysqld.sock").display().to_string())),
         };
+        let opts: mysql_async::Opts = b.into();
         Ok(MysqlTarget {
-            pool: mysql_async::Pool::new(b),
+            pool: mysql_async::Pool::new(opts.clone()),
+            opts,
             what: format!("the target {url}"),
         })
     }
 
     /// A session set up for loading: UTC, strict, no key checks during the load, utf8mb4.
     pub async fn session(&self) -> Result<MysqlSession> {
-        let mut conn = self
+        let conn = self
             .pool
             .get_conn()
             .await
             .map_err(|e| my_err(&format!("cannot connect to {}", self.what), e))?;
+        Self::setup(conn).await
+    }
+
+    /// A connection of its own, outside the pool: when it is dropped the socket closes, so
+    /// the server rolls back its open transaction and releases its locks (a pooled connection
+    /// would be reused with them).
+    pub async fn dedicated(&self) -> Result<MysqlSession> {
+        let conn = mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| my_err(&format!("cannot connect to {}", self.what), e))?;
+        Self::setup(conn).await
+    }
+
+    async fn setup(mut conn: mysql_async::Conn) -> Result<MysqlSession> {
         conn.query_drop(
             "SET NAMES utf8mb4, time_zone = '+00:00', FOREIGN_KEY_CHECKS = 0, UNIQUE_CHECKS = 1, \
              sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
@@ -296,7 +315,7 @@ impl MysqlTarget {
 
 /// One MySQL connection.
 pub struct MysqlSession {
-    conn: mysql_async::Conn,
+    pub(crate) conn: mysql_async::Conn,
 }
 
 impl MysqlSession {

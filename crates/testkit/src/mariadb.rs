@@ -248,7 +248,15 @@ impl MariaDbServer {
         let mut c = Command::new(&self.client);
         c.arg("--no-defaults")
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "-N", "-B", "--local-infile=1", "-e", sql]);
+            .args([
+                "-uroot",
+                "-N",
+                "-B",
+                "--local-infile=1",
+                "--default-character-set=utf8mb4",
+                "-e",
+                sql,
+            ]);
         if !db.is_empty() {
             c.arg(db);
         }

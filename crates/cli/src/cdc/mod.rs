@@ -37,7 +37,7 @@ mod status;
 mod stream;
 
 pub use status::{CdcStatus, CdcView, spawn_display};
-pub use stream::{Stop, StreamSetup};
+pub use stream::{ApplyTarget, Stop, StreamSetup};
 
 use crate::fullload::{self, RunOptions};
 use crate::plan;
@@ -105,6 +105,109 @@ impl CdcOutcome {
     }
 }
 
+/// Decide how tables without a key are replicated, warn about what is not replicated, and
+/// create or update the task's publications; returns their names.
+pub(crate) async fn prepare_publications(
+    source: &Client,
+    task: &Task,
+    schema: &Schema,
+    load_plan: &plan::LoadPlan,
+    status: &CdcStatus,
+    warnings: &mut Vec<String>,
+    full_identity_ok: bool,
+) -> Result<Vec<String>> {
+    let pub_name = CdcSettings::publication_name(&task.name);
+    let insert_only_pub = CdcSettings::insert_only_publication_name(&task.name);
+    let storage: Vec<u32> = load_plan.tables.iter().map(|t| t.oid).collect();
+    let keyless = tables_without_key(schema, &storage);
+    let mut insert_only: Vec<QualifiedName> = Vec::new();
+    if !keyless.is_empty() {
+        match task.cdc.tables_without_key {
+            TablesWithoutKey::Fail => {
+                let names: Vec<String> = keyless.iter().map(|n| n.to_string()).collect();
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "these tables have no primary key or replica identity, so their updates and deletes cannot be replicated (and would fail on the source once published): {}",
+                        names.join(", ")
+                    ),
+                )
+                .with_hint(
+                    "for each table: add a primary key (ALTER TABLE t ADD PRIMARY KEY (...)), or set ALTER TABLE t REPLICA IDENTITY FULL, \
+                     or choose in the task file cdc: { tables_without_key: insert-only } (inserts only) or replica-identity-full",
+                ));
+            }
+            TablesWithoutKey::InsertOnly => {
+                for n in &keyless {
+                    warnings.push(format!(
+                        "{n} has no key: it is replicated for INSERT and TRUNCATE only; its updates and deletes are not (cdc.tables_without_key: insert-only)"
+                    ));
+                }
+                insert_only = keyless.clone();
+            }
+            TablesWithoutKey::ReplicaIdentityFull if !full_identity_ok => {
+                let names: Vec<String> = keyless.iter().map(|n| n.to_string()).collect();
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "cdc.tables_without_key: replica-identity-full is not available for this target; these tables have no key: {}",
+                        names.join(", ")
+                    ),
+                )
+                .with_hint("add primary keys on the source, or use tables_without_key: insert-only"));
+            }
+            TablesWithoutKey::ReplicaIdentityFull => {
+                for n in &keyless {
+                    source
+                        .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", n.quoted()))
+                        .await
+                        .map_err(|e| {
+                            classify(e, &format!("setting REPLICA IDENTITY FULL on {n}"))
+                                .with_hint("the task's user must own the table; or set it yourself, or use tables_without_key: insert-only")
+                        })?;
+                    warnings.push(format!("{n} has no key: REPLICA IDENTITY FULL was set on the source and its rows are matched on every column"));
+                }
+            }
+        }
+    }
+    for t in schema
+        .tables
+        .iter()
+        .filter(|t| storage.contains(&t.oid) && t.unlogged)
+    {
+        warnings.push(format!(
+            "{} is UNLOGGED: its changes are not written to the WAL and are not replicated",
+            t.name
+        ));
+    }
+    for w in warnings.iter() {
+        tracing::warn!("{w}");
+    }
+    status.set_insert_only(insert_only.iter().map(|n| n.to_string()).collect());
+    let published: Vec<QualifiedName> = load_plan
+        .tables
+        .iter()
+        .map(|t| t.source.clone())
+        .filter(|n| !insert_only.contains(n))
+        .collect();
+    slot::ensure_publication(
+        source,
+        &pub_name,
+        &published,
+        "insert, update, delete, truncate",
+    )
+    .await?;
+    let mut publications = vec![pub_name.clone()];
+    if insert_only.is_empty() {
+        slot::drop_publication(source, &insert_only_pub).await?;
+    } else {
+        slot::ensure_publication(source, &insert_only_pub, &insert_only, "insert, truncate")
+            .await?;
+        publications.push(insert_only_pub.clone());
+    }
+    Ok(publications)
+}
+
 /// Tables with no way to identify a row in the WAL.
 fn tables_without_key(schema: &Schema, selected: &[u32]) -> Vec<QualifiedName> {
     schema
@@ -132,8 +235,6 @@ pub async fn run(
     let target = connect(&task.target.url, Side::Target).await?;
     state::lock_task(&target, &task.name).await?;
     let slot_name = CdcSettings::slot_name(&task.name);
-    let pub_name = CdcSettings::publication_name(&task.name);
-    let insert_only_pub = CdcSettings::insert_only_publication_name(&task.name);
     let existing_slot = slot::slot_info(&source, &slot_name).await?;
     slot::check_source(&source, existing_slot.is_none() || opts.restart).await?;
 
@@ -141,82 +242,16 @@ pub async fn run(
     let schema = read_schema(&source).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;
     let mut warnings = load_plan.warnings.clone();
-    let storage: Vec<u32> = load_plan.tables.iter().map(|t| t.oid).collect();
-    let keyless = tables_without_key(&schema, &storage);
-    let mut insert_only: Vec<QualifiedName> = Vec::new();
-    if !keyless.is_empty() {
-        match task.cdc.tables_without_key {
-            TablesWithoutKey::Fail => {
-                let names: Vec<String> = keyless.iter().map(|n| n.to_string()).collect();
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "these tables have no primary key or replica identity, so their updates and deletes cannot be replicated (and would fail on the source once published): {}",
-                        names.join(", ")
-                    ),
-                )
-                .with_hint(
-                    "for each table: add a primary key (ALTER TABLE t ADD PRIMARY KEY (...)), or set ALTER TABLE t REPLICA IDENTITY FULL, \
-                     or choose in the task file cdc: { tables_without_key: insert-only } (inserts only) or replica-identity-full",
-                ));
-            }
-            TablesWithoutKey::InsertOnly => {
-                for n in &keyless {
-                    warnings.push(format!(
-                        "{n} has no key: it is replicated for INSERT and TRUNCATE only; its updates and deletes are not (cdc.tables_without_key: insert-only)"
-                    ));
-                }
-                insert_only = keyless.clone();
-            }
-            TablesWithoutKey::ReplicaIdentityFull => {
-                for n in &keyless {
-                    source
-                        .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", n.quoted()))
-                        .await
-                        .map_err(|e| {
-                            classify(e, &format!("setting REPLICA IDENTITY FULL on {n}"))
-                                .with_hint("the task's user must own the table; or set it yourself, or use tables_without_key: insert-only")
-                        })?;
-                    warnings.push(format!("{n} has no key: REPLICA IDENTITY FULL was set on the source and its rows are matched on every column"));
-                }
-            }
-        }
-    }
-    for t in schema
-        .tables
-        .iter()
-        .filter(|t| storage.contains(&t.oid) && t.unlogged)
-    {
-        warnings.push(format!(
-            "{} is UNLOGGED: its changes are not written to the WAL and are not replicated",
-            t.name
-        ));
-    }
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    status.set_insert_only(insert_only.iter().map(|n| n.to_string()).collect());
-    let published: Vec<QualifiedName> = load_plan
-        .tables
-        .iter()
-        .map(|t| t.source.clone())
-        .filter(|n| !insert_only.contains(n))
-        .collect();
-    slot::ensure_publication(
+    let publications = prepare_publications(
         &source,
-        &pub_name,
-        &published,
-        "insert, update, delete, truncate",
+        task,
+        &schema,
+        &load_plan,
+        &status,
+        &mut warnings,
+        true,
     )
     .await?;
-    let mut publications = vec![pub_name.clone()];
-    if insert_only.is_empty() {
-        slot::drop_publication(&source, &insert_only_pub).await?;
-    } else {
-        slot::ensure_publication(&source, &insert_only_pub, &insert_only, "insert, truncate")
-            .await?;
-        publications.push(insert_only_pub.clone());
-    }
 
     // Load or resume?
     let state_exists: bool = target
@@ -341,7 +376,30 @@ pub async fn run(
         publications,
         end_lsn: opts.end_lsn,
         source_keys,
+        target: ApplyTarget::Postgres,
     };
+    let stop = run_stream_thread(task, setup, shutdown, &status).await?;
+    status.set_phase("stopped");
+    let sequences = sync_sequences(task, &load_plan.sequences).await?;
+    let mut view = status.view();
+    let target = connect(&task.target.url, Side::Target).await?;
+    view.counts = read_totals(&target, &task.name).await?;
+    Ok(CdcOutcome {
+        load,
+        stop,
+        view,
+        sequences,
+        warnings,
+    })
+}
+
+/// Run the stream loop to its stop on a thread of its own.
+pub(crate) async fn run_stream_thread(
+    task: &Task,
+    setup: StreamSetup,
+    shutdown: &Shutdown,
+    status: &Arc<CdcStatus>,
+) -> Result<Stop> {
     // The stream loop and its two connections run on one dedicated thread with a
     // single-threaded runtime, like the load workers: a message never hops threads between the
     // socket and the applier.
@@ -364,21 +422,10 @@ pub async fn run(
             .map_err(|e| Error::internal(format!("joining the stream thread: {e}")))?
             .map_err(|_| Error::internal("the stream thread panicked"))??
     };
-    status.set_phase("stopped");
-    let sequences = sync_sequences(task, &load_plan.sequences).await?;
-    let mut view = status.view();
-    let target = connect(&task.target.url, Side::Target).await?;
-    view.counts = read_totals(&target, &task.name).await?;
-    Ok(CdcOutcome {
-        load,
-        stop,
-        view,
-        sequences,
-        warnings,
-    })
+    Ok(stop)
 }
 
-async fn read_schema(source: &Client) -> Result<Schema> {
+pub(crate) async fn read_schema(source: &Client) -> Result<Schema> {
     source
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await

@@ -33,7 +33,7 @@ use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::task::Task;
 use pgtide_core::{Error, ErrorKind, Result};
-use pgtide_postgres::apply::{ApplyOptions, PgApplier};
+use pgtide_postgres::apply::{Applier, ApplyOptions, PgApplier};
 use pgtide_postgres::changes::Assembler;
 use pgtide_postgres::connect::{Side, classify, connect};
 use pgtide_postgres::replication::wire::StreamMessage;
@@ -62,6 +62,32 @@ pub struct StreamSetup {
     pub end_lsn: Option<Lsn>,
     /// Primary keys from the source catalog.
     pub source_keys: HashMap<QualifiedName, Vec<String>>,
+    /// Where the changes go.
+    pub target: ApplyTarget,
+}
+
+/// The kind of target the stream is applied to.
+#[derive(Clone)]
+pub enum ApplyTarget {
+    /// The task's PostgreSQL target.
+    Postgres,
+    /// A MySQL/MariaDB target with its table routes.
+    Mysql(Arc<pgtide_mysql::apply::MysqlApplyConfig>),
+}
+
+/// Settings for the replication session, sent in its startup packet: the text forms of the
+/// values pgoutput sends follow the walsender's settings, and the appliers parse them. ISO
+/// dates, UTC and hex bytea are read by every target whatever the source server's defaults
+/// are (a source in `DateStyle = 'SQL, DMY'` would otherwise send dates a target in MDY
+/// misreads). MySQL targets also need money in the C locale to strip its symbols safely.
+fn replication_session_options(target: &ApplyTarget) -> String {
+    let mut o = String::from(
+        "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres -c bytea_output=hex -c extra_float_digits=3",
+    );
+    if matches!(target, ApplyTarget::Mysql(_)) {
+        o.push_str(" -c lc_monetary=C");
+    }
+    o
 }
 
 /// The commit LSN of a `Begin` or `Stream Commit` message, read from its bytes.
@@ -111,16 +137,41 @@ async fn stream_once(
     status: &Arc<CdcStatus>,
 ) -> Result<Stop> {
     status.set_phase("connecting");
-    let target = connect(&task.target.url, Side::Target).await?;
-    // The task's lock lives with the apply connection, so it is taken again after a reconnect
-    // (a restarted target forgets it) and no second run can apply at the same time.
-    pgtide_postgres::state::lock_task_waiting(&target, &task.name, Duration::from_secs(10)).await?;
-    let opts = ApplyOptions {
-        max_batch_changes: task.cdc.max_batch_changes,
-        max_batch_age: Duration::from_millis(task.cdc.max_batch_delay_ms),
-        ..ApplyOptions::default()
-    };
-    let mut applier = PgApplier::new(target, &task.name, opts, setup.source_keys.clone()).await?;
+    match &setup.target {
+        ApplyTarget::Postgres => {
+            let target = connect(&task.target.url, Side::Target).await?;
+            // The task's lock lives with the apply connection, so it is taken again after a
+            // reconnect (a restarted target forgets it) and no second run can apply at the
+            // same time.
+            pgtide_postgres::state::lock_task_waiting(&target, &task.name, Duration::from_secs(10))
+                .await?;
+            let opts = ApplyOptions {
+                max_batch_changes: task.cdc.max_batch_changes,
+                max_batch_age: Duration::from_millis(task.cdc.max_batch_delay_ms),
+                ..ApplyOptions::default()
+            };
+            let applier =
+                PgApplier::new(target, &task.name, opts, setup.source_keys.clone()).await?;
+            stream_into(task, setup, shutdown, status, applier).await
+        }
+        ApplyTarget::Mysql(config) => {
+            // The lock is taken by the applier's own connection (GET_LOCK), released when it
+            // closes.
+            let target = pgtide_mysql::load::MysqlTarget::new(&task.target.url)?;
+            let applier =
+                pgtide_mysql::apply::MysqlApplier::new(&target, &task.name, config.clone()).await?;
+            stream_into(task, setup, shutdown, status, applier).await
+        }
+    }
+}
+
+async fn stream_into<A: Applier>(
+    task: &Task,
+    setup: &StreamSetup,
+    shutdown: &Shutdown,
+    status: &Arc<CdcStatus>,
+    mut applier: A,
+) -> Result<Stop> {
     let source = connect(&task.source.url, Side::Source).await?;
     let info = slot_info(&source, &setup.slot).await?.ok_or_else(|| {
         Error::new(ErrorKind::NotFound, format!("replication slot {} is missing on the source", setup.slot)).with_hint(
@@ -151,7 +202,12 @@ async fn stream_once(
     } else {
         ours
     };
-    let mut repl = ReplicationClient::connect(&task.source.url, Side::Source).await?;
+    let mut repl = ReplicationClient::connect_with_options(
+        &task.source.url,
+        Side::Source,
+        &replication_session_options(&setup.target),
+    )
+    .await?;
     let version = repl.server_version().await?;
     let pubs: Vec<String> = setup
         .publications
@@ -202,7 +258,7 @@ async fn stream_once(
                 !applier.has_open_batch()
                     && !asm.in_transaction()
                     && server_at <= applier.confirmable(),
-                applier.transactions,
+                applier.transactions(),
                 applier.counts(),
             );
         };
@@ -313,9 +369,9 @@ async fn stream_once(
     }
 }
 
-async fn finish_at_end<S: WalStream>(
+async fn finish_at_end<S: WalStream, A: Applier>(
     stream: &mut S,
-    applier: &mut PgApplier,
+    applier: &mut A,
     asm: &Assembler,
     end: Lsn,
     status: &Arc<CdcStatus>,
@@ -326,7 +382,7 @@ async fn finish_at_end<S: WalStream>(
         applier.durable(),
         applier.confirmable(),
         true,
-        applier.transactions,
+        applier.transactions(),
         applier.counts(),
     );
     Ok(Stop::EndLsn(end))
@@ -334,9 +390,9 @@ async fn finish_at_end<S: WalStream>(
 
 /// Send a standby status update. When nothing is open, first record the server's position on
 /// the target, then confirm it.
-async fn confirm<S: WalStream>(
+async fn confirm<S: WalStream, A: Applier>(
     stream: &mut S,
-    applier: &mut PgApplier,
+    applier: &mut A,
     asm: &Assembler,
     server_at: Lsn,
     reply: bool,

@@ -3,7 +3,7 @@
 
 use pgtide::verify::{self, Verification};
 use pgtide_core::endpoint::ConnUrl;
-use pgtide_testkit::{PgOptions, PgServer};
+use pgtide_testkit::{MariaDbServer, PgOptions, PgServer};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -270,4 +270,128 @@ pub fn run_ok_args(args: &[&str]) -> String {
         out.status.code()
     );
     stdout
+}
+
+/// Canonical text of every row of `table`, ordered by its key, as an md5 on each side.
+pub fn digests(
+    source: &PgServer,
+    src_db: &str,
+    maria: &MariaDbServer,
+    my_db: &str,
+    table: &str,
+) -> (String, String) {
+    let cols = source
+        .psql(
+            src_db,
+            &format!(
+                "SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY ordinal_position) \
+                 FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '{table}'"
+            ),
+        )
+        .unwrap();
+    let key = source
+        .psql(
+            src_db,
+            &format!(
+                "SELECT string_agg(a.attname, ',' ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = 'public.{table}'::regclass AND i.indisprimary"
+            ),
+        )
+        .unwrap();
+    assert!(!key.is_empty(), "{table} has a primary key");
+    let (mut pg, mut my) = (Vec::new(), Vec::new());
+    for c in cols.split(',') {
+        let (raw, ty) = c.split_once(':').unwrap();
+        let (pname, mname) = (format!("\"{raw}\""), format!("`{raw}`"));
+        let (p, m) = match ty {
+            "boolean" => (
+                format!("{pname}::int::text"),
+                format!("CAST({mname} AS CHAR)"),
+            ),
+            "timestamp with time zone" => (
+                format!("to_char({pname} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+                format!("DATE_FORMAT({mname}, '%Y-%m-%d %H:%i:%s.%f')"),
+            ),
+            "timestamp without time zone" => (
+                format!("to_char({pname}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+                format!("DATE_FORMAT({mname}, '%Y-%m-%d %H:%i:%s.%f')"),
+            ),
+            "time with time zone" | "time without time zone" => (
+                format!("to_char({pname}::time::interval, 'HH24:MI:SS.US')"),
+                format!("TIME_FORMAT({mname}, '%H:%i:%s.%f')"),
+            ),
+            "ARRAY" => (
+                format!("to_json({pname})::text"),
+                format!("JSON_COMPACT({mname})"),
+            ),
+            "bytea" => (
+                format!("encode({pname}, 'hex')"),
+                format!("LOWER(HEX({mname}))"),
+            ),
+            "bit" => (
+                format!("{pname}::bigint::text"),
+                format!("CAST({mname} + 0 AS CHAR)"),
+            ),
+            "real" | "double precision" => (
+                format!("{pname}::numeric(65,6)::text"),
+                format!("CAST({mname} AS DECIMAL(65,6))"),
+            ),
+            "numeric" | "money" => (
+                format!("trim_scale({pname}::numeric)::text"),
+                format!(
+                    "IF(LOCATE('.', CAST({mname} AS CHAR)) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST({mname} AS CHAR))), CAST({mname} AS CHAR))"
+                ),
+            ),
+            _ => (format!("{pname}::text"), format!("CAST({mname} AS CHAR)")),
+        };
+        pg.push(format!("coalesce({p}, '<null>')"));
+        my.push(format!("COALESCE({m}, '<null>')"));
+    }
+    let (pg_rows, my_rows) = (
+        format!(
+            "SELECT string_agg(concat_ws('|', {}), E'\\n' ORDER BY {key}) FROM (SELECT * FROM public.{table} ORDER BY {key} LIMIT 20) t",
+            pg.join(", ")
+        ),
+        format!(
+            "SELECT GROUP_CONCAT(CONCAT_WS('|', {}) ORDER BY {key} SEPARATOR '\\n') FROM (SELECT * FROM `{table}` ORDER BY {key} LIMIT 20) t",
+            my.join(", ")
+        ),
+    );
+    let a = source
+        .psql(
+            src_db,
+            &format!(
+                "SELECT md5(coalesce(string_agg(concat_ws('|', {}), E'\\n' ORDER BY {key}), '')) || ' ' || count(*) FROM public.{table}",
+                pg.join(", ")
+            ),
+        )
+        .unwrap();
+    let b = maria
+        .sql(
+            my_db,
+            &format!(
+                "SELECT CONCAT(MD5(COALESCE(GROUP_CONCAT(CONCAT_WS('|', {}) ORDER BY {key} SEPARATOR '\\n'), '')), ' ', COUNT(*)) FROM `{table}`",
+                my.join(", ")
+            ),
+        )
+        .unwrap();
+    if a != b {
+        eprintln!(
+            "{table} first rows\nsource:\n{}\nmariadb:\n{}",
+            source.psql(src_db, &pg_rows).unwrap_or_default(),
+            maria.sql(my_db, &my_rows).unwrap_or_default()
+        );
+    }
+    (a, b)
+}
+
+pub fn maria_phase(maria: &MariaDbServer, my_db: &str, task: &str) -> Option<String> {
+    maria
+        .sql(
+            my_db,
+            &format!("SELECT phase FROM _pgtide_cdc WHERE task = '{task}'"),
+        )
+        .ok()
+        .filter(|s| !s.is_empty())
 }

@@ -103,7 +103,8 @@ pub struct TableCounts {
 }
 
 impl TableCounts {
-    fn add(&mut self, o: &TableCounts) {
+    /// Add `o` to these counts.
+    pub fn add(&mut self, o: &TableCounts) {
         self.inserts += o.inserts;
         self.updates += o.updates;
         self.deletes += o.deletes;
@@ -1123,6 +1124,61 @@ pub async fn read_progress(client: &Client, task: &str) -> Result<Option<Progres
         applied,
         confirmed: r.get::<_, String>(3).parse().map_err(Error::internal)?,
     }))
+}
+
+/// What the streaming loop needs from an applier, whatever the target.
+///
+/// The contract every implementation keeps: a source transaction at or below the durable
+/// checkpoint is skipped whole; the checkpoint is written in the same target transaction as
+/// the changes; [`Applier::confirmable`] never passes what is durable on the target.
+pub trait Applier: ChangeSink + Send {
+    /// The last source transaction durably applied.
+    fn durable(&self) -> Option<Applied>;
+    /// The position the source may be told is done.
+    fn confirmable(&self) -> Lsn;
+    /// Record that the slot will be confirmed up to `lsn` with nothing to apply up to there.
+    fn record_confirmed(
+        &mut self,
+        lsn: Lsn,
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
+    /// A target transaction is open.
+    fn has_open_batch(&self) -> bool;
+    /// The open batch should be committed by age.
+    fn batch_is_old(&self) -> bool;
+    /// Commit the open batch with its checkpoint; returns the durable position.
+    fn commit_batch(&mut self)
+    -> impl std::future::Future<Output = Result<Option<Applied>>> + Send;
+    /// Source transactions applied since start.
+    fn transactions(&self) -> u64;
+    /// Applied-change counts per source table since start.
+    fn counts(&self) -> &HashMap<QualifiedName, TableCounts>;
+}
+
+impl Applier for PgApplier {
+    fn durable(&self) -> Option<Applied> {
+        PgApplier::durable(self)
+    }
+    fn confirmable(&self) -> Lsn {
+        PgApplier::confirmable(self)
+    }
+    async fn record_confirmed(&mut self, lsn: Lsn) -> Result<()> {
+        PgApplier::record_confirmed(self, lsn).await
+    }
+    fn has_open_batch(&self) -> bool {
+        PgApplier::has_open_batch(self)
+    }
+    fn batch_is_old(&self) -> bool {
+        PgApplier::batch_is_old(self)
+    }
+    async fn commit_batch(&mut self) -> Result<Option<Applied>> {
+        PgApplier::commit_batch(self).await
+    }
+    fn transactions(&self) -> u64 {
+        self.transactions
+    }
+    fn counts(&self) -> &HashMap<QualifiedName, TableCounts> {
+        PgApplier::counts(self)
+    }
 }
 
 impl ChangeSink for PgApplier {

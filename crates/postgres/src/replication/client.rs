@@ -79,6 +79,11 @@ fn server_err(what: &str, e: &ServerError) -> Error {
 impl ReplicationClient {
     /// Connect with `replication=database` and authenticate.
     pub async fn connect(url: &ConnUrl, side: Side) -> Result<Self> {
+        Self::connect_with_options(url, side, "").await
+    }
+
+    /// Connect with session settings (`-c name=value ...`, the startup packet's `options`).
+    pub async fn connect_with_options(url: &ConnUrl, side: Side, options: &str) -> Result<Self> {
         let what = format!("cannot open a replication connection to the {side} {url}");
         let timeout = Duration::from_secs(url.connect_timeout.unwrap_or(15));
         let io: Box<dyn Io> = match &url.host {
@@ -109,7 +114,7 @@ impl ReplicationClient {
             what,
             server_version: 0,
         };
-        c.startup(url).await?;
+        c.startup(url, options).await?;
         Ok(c)
     }
 
@@ -165,18 +170,21 @@ impl ReplicationClient {
         }
     }
 
-    async fn startup(&mut self, url: &ConnUrl) -> Result<()> {
+    async fn startup(&mut self, url: &ConnUrl, options: &str) -> Result<()> {
         let app = url
             .application_name
             .clone()
             .unwrap_or_else(|| "pgtide".into());
-        let params = [
+        let mut params = vec![
             ("user", url.user.as_str()),
             ("database", url.database.as_str()),
             ("replication", "database"),
             ("application_name", app.as_str()),
             ("client_encoding", "UTF8"),
         ];
+        if !options.is_empty() {
+            params.push(("options", options));
+        }
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(|e| io_err(&self.what, e))?;
         self.flush().await?;
