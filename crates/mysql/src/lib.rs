@@ -7,8 +7,9 @@
 //!   foreign keys) with names that fit MySQL's rules, and an assessment of every source object.
 //! - [`report`]: that assessment as Markdown and HTML, like AWS SCT's.
 //! - [`load`]: rows streamed into MySQL with `LOAD DATA LOCAL INFILE`, nothing altered silently.
-//!
-//! Applying changes (CDC) into MySQL is not implemented yet.
+//! - [`values`]: the replication stream's text values in the forms MySQL stores.
+//! - [`apply`]: committed source transactions applied in order, exactly once, the checkpoint in
+//!   the same InnoDB transaction.
 
 pub mod apply;
 pub mod convert;
