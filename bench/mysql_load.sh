@@ -69,7 +69,7 @@ for t in $tables; do
     pids+=($!)
     if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
-wait
+wait "${pids[@]}"
 t1=$(now)
 T_FLOOR=$(secs "$t0" "$t1")
 
