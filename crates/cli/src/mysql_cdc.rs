@@ -55,13 +55,7 @@ impl MysqlCdcOutcome {
         if let Some(l) = &self.load {
             out.push_str(&l.render());
         }
-        let stop = match self.stop {
-            Stop::EndLsn(l) => {
-                format!("stopped at end LSN {l}: every transaction committed before it is applied")
-            }
-            Stop::Signal => "stopped on request; resume with the same command".to_string(),
-        };
-        out.push_str(&self.view.render(task, &stop));
+        out.push_str(&self.view.render(task, &self.stop.describe()));
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }

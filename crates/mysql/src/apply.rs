@@ -32,7 +32,9 @@ use mysql_async::prelude::Queryable;
 use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, ErrorKind, Result};
-use pgtide_postgres::apply::{Applied, Applier, TableCounts};
+use pgtide_postgres::apply::{
+    Applied, Applier, TableCounts, already_applied, confirmable_position,
+};
 use pgtide_postgres::changes::{Change, ChangeSink, RelationRef};
 use pgtide_postgres::pgoutput::{OldTuple, PgTimestamp, Tuple, Value as PgValue};
 use std::collections::HashMap;
@@ -638,14 +640,7 @@ async fn read_state_on(
 
 impl ChangeSink for MysqlApplier {
     async fn begin(&mut self, commit_lsn: Lsn, _commit_time: PgTimestamp, _xid: u32) -> Result<()> {
-        self.skipping = self
-            .durable
-            .map(|d| commit_lsn <= d.commit_lsn)
-            .unwrap_or(false)
-            || self
-                .pending
-                .map(|p| commit_lsn <= p.commit_lsn)
-                .unwrap_or(false);
+        self.skipping = already_applied(commit_lsn, self.durable, self.pending);
         if !self.skipping {
             self.ensure_tx().await?;
         }
@@ -705,16 +700,12 @@ impl Applier for MysqlApplier {
     }
 
     fn confirmable(&self) -> Lsn {
-        let d = self
-            .durable
-            .map(|a| a.end_lsn)
-            .unwrap_or(Lsn::ZERO)
-            .max(self.confirmed);
-        if self.in_tx {
-            d
-        } else {
-            d.max(self.skipped_through)
-        }
+        confirmable_position(
+            self.durable,
+            self.confirmed,
+            self.skipped_through,
+            self.in_tx,
+        )
     }
 
     async fn record_confirmed(&mut self, lsn: Lsn) -> Result<()> {

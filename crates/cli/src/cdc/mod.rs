@@ -87,13 +87,7 @@ impl CdcOutcome {
         if let Some(l) = &self.load {
             out.push_str(&l.render());
         }
-        let stop = match self.stop {
-            Stop::EndLsn(l) => {
-                format!("stopped at end LSN {l}: every transaction committed before it is applied")
-            }
-            Stop::Signal => "stopped on request; resume with the same command".to_string(),
-        };
-        out.push_str(&self.view.render(task, &stop));
+        out.push_str(&self.view.render(task, &self.stop.describe()));
         out.push_str(&format!(
             "sequences set to at least the source's values: {}\n",
             self.sequences

@@ -52,6 +52,18 @@ pub enum Stop {
     Signal,
 }
 
+impl Stop {
+    /// How the run ended, for the end-of-run text.
+    pub fn describe(&self) -> String {
+        match self {
+            Stop::EndLsn(l) => {
+                format!("stopped at end LSN {l}: every transaction committed before it is applied")
+            }
+            Stop::Signal => "stopped on request; resume with the same command".to_string(),
+        }
+    }
+}
+
 /// What the loop needs besides the task.
 pub struct StreamSetup {
     /// Slot name.

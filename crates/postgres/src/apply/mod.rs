@@ -289,16 +289,12 @@ impl PgApplier {
     /// The position the source may be told is done: the durable checkpoint, later when
     /// transactions after it were skipped as already applied, or the recorded idle position.
     pub fn confirmable(&self) -> Lsn {
-        let d = self
-            .durable
-            .map(|a| a.end_lsn)
-            .unwrap_or(Lsn::ZERO)
-            .max(self.confirmed);
-        if self.in_tx {
-            d
-        } else {
-            d.max(self.skipped_through)
-        }
+        confirmable_position(
+            self.durable,
+            self.confirmed,
+            self.skipped_through,
+            self.in_tx,
+        )
     }
 
     /// Record on the target that the slot will be confirmed up to `lsn` although no applied
@@ -1126,6 +1122,33 @@ pub async fn read_progress(client: &Client, task: &str) -> Result<Option<Progres
     }))
 }
 
+/// Guard 1, shared by every applier: a source transaction at or below the durable checkpoint,
+/// or at or below the one pending in the open batch, was applied already and is skipped whole.
+pub fn already_applied(
+    commit_lsn: Lsn,
+    durable: Option<Applied>,
+    pending: Option<Applied>,
+) -> bool {
+    durable.map(|d| commit_lsn <= d.commit_lsn).unwrap_or(false)
+        || pending.map(|p| commit_lsn <= p.commit_lsn).unwrap_or(false)
+}
+
+/// The position the source may be told is done, shared by every applier: the durable
+/// checkpoint or the recorded idle position, and — only between batches — past transactions
+/// skipped as already applied.
+pub fn confirmable_position(
+    durable: Option<Applied>,
+    confirmed: Lsn,
+    skipped_through: Lsn,
+    in_tx: bool,
+) -> Lsn {
+    let d = durable
+        .map(|a| a.end_lsn)
+        .unwrap_or(Lsn::ZERO)
+        .max(confirmed);
+    if in_tx { d } else { d.max(skipped_through) }
+}
+
 /// What the streaming loop needs from an applier, whatever the target.
 ///
 /// The contract every implementation keeps: a source transaction at or below the durable
@@ -1184,14 +1207,7 @@ impl Applier for PgApplier {
 impl ChangeSink for PgApplier {
     async fn begin(&mut self, commit_lsn: Lsn, _commit_time: PgTimestamp, _xid: u32) -> Result<()> {
         // Guard 1: a transaction at or below the checkpoint was applied before: skip it whole.
-        self.skipping = self
-            .durable
-            .map(|d| commit_lsn <= d.commit_lsn)
-            .unwrap_or(false)
-            || self
-                .pending
-                .map(|p| commit_lsn <= p.commit_lsn)
-                .unwrap_or(false);
+        self.skipping = already_applied(commit_lsn, self.durable, self.pending);
         if !self.skipping {
             self.ensure_tx().await?;
         }
