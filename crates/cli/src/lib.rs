@@ -30,6 +30,7 @@ pub mod ops;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod rules_check;
 pub mod scheduler;
 pub mod shutdown;
 pub mod verify;

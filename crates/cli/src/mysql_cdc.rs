@@ -117,6 +117,7 @@ pub async fn run(
     status: Arc<CdcStatus>,
     shutdown: &Shutdown,
 ) -> Result<MysqlCdcOutcome> {
+    task.refuse_rules("a MySQL/MariaDB target")?;
     let source = connect(&task.source.url, Side::Source).await?;
     let target = MysqlTarget::new(&task.target.url)?;
     let slot_name = CdcSettings::slot_name(&task.name);
@@ -147,7 +148,10 @@ pub async fn run(
         &load_plan,
         &status,
         &mut warnings,
-        false,
+        cdc::PublishRules {
+            full_identity_ok: false,
+            shapes: &HashMap::new(),
+        },
     )
     .await?;
 
@@ -259,6 +263,7 @@ pub async fn run(
         publications,
         end_lsn: opts.end_lsn,
         source_keys: HashMap::new(),
+        routes: Default::default(),
         target: ApplyTarget::Mysql(Arc::new(config)),
     };
     let stop = cdc::run_stream_thread(task, setup, shutdown, &status).await?;

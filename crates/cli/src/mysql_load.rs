@@ -111,6 +111,7 @@ impl Snapshot {
 /// Convert, prepare and load, from `snapshot` when given (else from a snapshot of its own).
 /// Returns the report and the conversion the tables were created from.
 pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadReport, Conversion)> {
+    task.refuse_rules("a MySQL/MariaDB target")?;
     let started = Instant::now();
     let target = MysqlTarget::new(&task.target.url)?;
     let mut control = target.session().await?;

@@ -22,8 +22,9 @@
 //! added after planning (a resumed load) are not missed.
 
 use pgtide_core::ident::QualifiedName;
+use pgtide_core::rules::{TableMapping, check_collisions};
 use pgtide_core::schema::{Schema, Table, TypeKind};
-use pgtide_core::task::{CopyFormat, LargeObjects, Task};
+use pgtide_core::task::{CopyFormat, LargeObjects, Mode, TablePreparation, Task};
 use pgtide_core::{Error, ErrorKind, Result};
 use pgtide_postgres::copy_stream::WireFormat;
 use pgtide_postgres::schema_copy::DumpFilter;
@@ -83,6 +84,12 @@ pub struct PlannedTable {
     pub target: QualifiedName,
     /// Columns copied, in order (stored generated columns are left to the target).
     pub columns: Vec<String>,
+    /// The target column each of `columns` is copied into, as named during the load.
+    pub target_columns: Vec<String>,
+    /// Row condition (source SQL) from the task's rules.
+    pub condition: Option<String>,
+    /// How this table's target is prepared.
+    pub preparation: TablePreparation,
     /// COPY format.
     pub format: WireFormat,
     /// Why text was chosen, when it was.
@@ -113,6 +120,34 @@ pub struct LoadPlan {
     pub sequences: Vec<QualifiedName>,
     /// Materialized views populated on the source, in dependency order (refreshed at the end).
     pub materialized_views: Vec<QualifiedName>,
+    /// What the task's rules make of every selected table (partition roots included), with
+    /// final target names.
+    pub mappings: HashMap<u32, TableMapping>,
+    /// Sequences whose target name differs from the source's (owned sequences move with their
+    /// table to a renamed schema).
+    pub sequence_targets: HashMap<QualifiedName, QualifiedName>,
+}
+
+impl LoadPlan {
+    /// True when some rule renames, moves, removes or retypes something in this plan.
+    pub fn has_renames(&self) -> bool {
+        self.tables.iter().any(|t| {
+            self.mappings
+                .get(&t.oid)
+                .is_some_and(|m| m.renames(&t.source))
+        }) || self
+            .mappings
+            .values()
+            .any(|m| !m.removed.is_empty() || m.columns.iter().any(|c| c.target_type.is_some()))
+    }
+
+    /// The final target name of a source table (after every rename step).
+    pub fn final_target(&self, oid: u32, source: &QualifiedName) -> QualifiedName {
+        self.mappings
+            .get(&oid)
+            .map(|m| m.target.clone())
+            .unwrap_or_else(|| source.clone())
+    }
 }
 
 /// Decide the COPY format of a table.
@@ -124,7 +159,16 @@ pub fn choose_format(
     if policy == CopyFormat::Text {
         return (WireFormat::Text, Some("copy_format: text".into()));
     }
-    for c in table.copy_columns() {
+    choose_format_columns(schema, table, &|_| true)
+}
+
+/// Like [`choose_format`] for the columns `keep` accepts.
+fn choose_format_columns(
+    schema: &Schema,
+    table: &Table,
+    keep: &dyn Fn(&str) -> bool,
+) -> (WireFormat, Option<String>) {
+    for c in table.copy_columns().filter(|c| keep(&c.name)) {
         if let Some(why) = schema.binary_copy_obstacle(c.type_oid) {
             return (WireFormat::Text, Some(format!("column {}: {why}", c.name)));
         }
@@ -177,38 +221,170 @@ pub enum SplitDecision {
     Key(String, u64),
 }
 
-/// Decide how to split `table`, and warn when a large table cannot be split.
+/// Decide how to split `table`, and warn when a large table cannot be split. A `split_key` or
+/// `chunks` setting from the task's rules overrides the size rule.
 pub fn split_decision(
     schema: &Schema,
     table: &Table,
     task: &Task,
+    mapping: Option<&TableMapping>,
     warnings: &mut Vec<String>,
-) -> SplitDecision {
+) -> Result<SplitDecision> {
     let threshold = task.full_load.split_threshold;
-    if table.heap_bytes <= threshold {
-        return SplitDecision::Whole;
+    let wanted = mapping.and_then(|m| m.chunks);
+    if let Some(key) = mapping.and_then(|m| m.split_key.as_ref()) {
+        let col = table.column(key).expect("checked by the rules");
+        if !is_integer_type(schema, col.type_oid) {
+            return Err(Error::config(format!(
+                "split_key {} of {} is not an integer column",
+                pgtide_core::ident::display_ident(key),
+                table.name
+            ))
+            .with_hint("choose a smallint, integer or bigint column (or leave split_key out: large tables are split by block ranges)"));
+        }
+        let n = wanted
+            .unwrap_or_else(|| {
+                table
+                    .heap_bytes
+                    .div_ceil(threshold)
+                    .max(task.full_load.threads as u64)
+            })
+            .clamp(1, MAX_CHUNKS);
+        return Ok(SplitDecision::Key(col.name.clone(), n));
     }
-    let n = table
-        .heap_bytes
-        .div_ceil(threshold)
-        .max(task.full_load.threads as u64)
+    if wanted.is_none() && table.heap_bytes <= threshold {
+        return Ok(SplitDecision::Whole);
+    }
+    let n = wanted
+        .unwrap_or_else(|| {
+            table
+                .heap_bytes
+                .div_ceil(threshold)
+                .max(task.full_load.threads as u64)
+        })
         .min(MAX_CHUNKS);
+    if n <= 1 {
+        return Ok(SplitDecision::Whole);
+    }
     if schema.server_version >= 140000 {
-        return SplitDecision::Ctid(n);
+        return Ok(SplitDecision::Ctid(n));
     }
     if let Some(pk) = &table.primary_key
         && pk.columns.len() == 1
         && let Some(col) = table.column(&pk.columns[0])
         && is_integer_type(schema, col.type_oid)
     {
-        return SplitDecision::Key(col.name.clone(), n);
+        return Ok(SplitDecision::Key(col.name.clone(), n));
     }
     warnings.push(format!(
-        "{} ({}) is copied by one worker: the source is older than PostgreSQL 14 and the table has no single integer primary key to split on",
+        "{} ({}) is copied by one worker: the source is older than PostgreSQL 14 and the table has no single integer primary key to split on (set split_key in tables.settings)",
         table.name,
         pgtide_core::size::human_bytes(table.heap_bytes)
     ));
-    SplitDecision::Whole
+    Ok(SplitDecision::Whole)
+}
+
+/// The partition root above `t` (itself when it is not a partition).
+fn partition_root<'a>(t: &'a Table, by_oid: &HashMap<u32, &'a Table>) -> &'a Table {
+    let mut cur = t;
+    for _ in 0..64 {
+        match cur.partition_of.and_then(|p| by_oid.get(&p)) {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    cur
+}
+
+/// Resolve the task's rules for every selected table; rule mistakes are errors here, before
+/// anything moves.
+fn map_tables(
+    schema: &Schema,
+    task: &Task,
+    selected: &HashSet<u32>,
+    by_oid: &HashMap<u32, &Table>,
+    warnings: &mut Vec<String>,
+) -> Result<HashMap<u32, TableMapping>> {
+    let rules = &task.rules;
+    let mut mappings = HashMap::new();
+    let (mut used_s, mut used_t) = (Vec::new(), Vec::new());
+    let global = task.full_load.table_preparation;
+    for t in schema.tables.iter().filter(|t| selected.contains(&t.oid)) {
+        let cols: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let mut m = rules.map_table(&t.name.schema, &t.name.name, &cols)?;
+        used_s.extend(m.used_settings.iter().copied());
+        used_t.extend(m.used_transforms.iter().copied());
+        let root = partition_root(t, by_oid);
+        if root.oid != t.oid {
+            // A partition has its root's columns on the target (a column is renamed, dropped
+            // or retyped on the partitioned table, never on one partition).
+            let rcols: Vec<&str> = root.columns.iter().map(|c| c.name.as_str()).collect();
+            let rm = rules.map_table(&root.name.schema, &root.name.name, &rcols)?;
+            if m.columns != rm.columns
+                && (m.columns.len() != t.columns.len()
+                    || m.columns
+                        .iter()
+                        .any(|c| c.source != c.target || c.target_type.is_some()))
+            {
+                return Err(Error::config(format!(
+                    "the rules change columns of {}, a partition of {}: a partition's columns follow its partitioned table",
+                    t.name, root.name
+                ))
+                .with_hint(format!("write the column rule or column list for {} instead", root.name)));
+            }
+            m.columns = rm.columns;
+            m.removed = rm.removed;
+            if m.condition.is_none() {
+                m.condition = rm.condition;
+            }
+            if m.row_identifier_key.is_none() {
+                m.row_identifier_key = rm.row_identifier_key;
+            }
+            if m.preparation.is_none() {
+                m.preparation = rm.preparation;
+            }
+        }
+        if let Some(p) = m.preparation
+            && (p == TablePreparation::DropAndCreate) != (global == TablePreparation::DropAndCreate)
+        {
+            return Err(Error::config(format!(
+                "preparation {} for {} cannot be mixed with full_load.table_preparation: {}",
+                p.as_str(),
+                t.name,
+                global.as_str()
+            ))
+            .with_hint("under drop-and-create every table is re-created from the source schema; truncate and do-nothing mix freely with each other"));
+        }
+        if let Some(c) = m.columns.iter().find(|c| c.target_type.is_some())
+            && global != TablePreparation::DropAndCreate
+        {
+            if task.mode == Mode::Cdc {
+                warnings.push(format!(
+                    "the type rule for {}.{} has no effect in mode cdc: the target table exists and keeps its column types",
+                    t.name, c.source
+                ));
+            } else {
+                return Err(Error::config(format!(
+                    "a rule changes the type of {}.{}, which needs full_load.table_preparation: drop-and-create",
+                    t.name, c.source
+                ))
+                .with_hint("with truncate or do-nothing the target tables exist and keep their own column types; change them there, or drop the rule"));
+            }
+        }
+        mappings.insert(t.oid, m);
+    }
+    used_s.sort_unstable();
+    used_s.dedup();
+    used_t.sort_unstable();
+    used_t.dedup();
+    rules.unused(&used_s, &used_t)?;
+    let pairs: Vec<(&QualifiedName, &QualifiedName)> = schema
+        .tables
+        .iter()
+        .filter_map(|t| mappings.get(&t.oid).map(|m| (&t.name, &m.target)))
+        .collect();
+    check_collisions(pairs)?;
+    Ok(mappings)
 }
 
 /// Select tables and build the plan. Key-range chunks are filled in later by the caller (they
@@ -276,6 +452,8 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
         )
         .with_hint("check tables.include and tables.exclude"));
     }
+
+    let mappings = map_tables(schema, task, &selected, &by_oid, &mut warnings)?;
 
     if schema.large_objects > 0 {
         match task.full_load.large_objects {
@@ -391,8 +569,24 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
         .iter()
         .filter(|t| selected.contains(&t.oid) && t.has_storage())
     {
-        let (format, text_reason) = choose_format(schema, t, task.full_load.copy_format);
-        let decision = split_decision(schema, t, task, &mut warnings);
+        let m = mappings
+            .get(&t.oid)
+            .expect("every selected table is mapped");
+        let keep = |c: &str| m.columns.iter().any(|x| x.source == c);
+        let (format, text_reason) = if task.full_load.copy_format == CopyFormat::Text {
+            (WireFormat::Text, Some("copy_format: text".to_string()))
+        } else if let Some(c) = m.columns.iter().find(|c| c.target_type.is_some()) {
+            (
+                WireFormat::Text,
+                Some(format!(
+                    "column {} changes type on the target",
+                    pgtide_core::ident::display_ident(&c.source)
+                )),
+            )
+        } else {
+            choose_format_columns(schema, t, &keep)
+        };
+        let decision = split_decision(schema, t, task, Some(m), &mut warnings)?;
         let (split, chunks) = match &decision {
             SplitDecision::Whole => (
                 Split::None,
@@ -414,20 +608,56 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
             ));
         }
         decisions.insert(t.oid, decision);
+        let preparation = m.preparation.unwrap_or(task.full_load.table_preparation);
+        let columns: Vec<String> = t
+            .copy_columns()
+            .filter(|c| keep(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        // Tables created by this load carry source names until the rename step at the end
+        // (see `fullload::rules`); existing target tables already have the final names.
+        let (target, target_columns) = if preparation == TablePreparation::DropAndCreate {
+            (t.name.clone(), columns.clone())
+        } else {
+            (
+                m.target.clone(),
+                columns
+                    .iter()
+                    .map(|c| m.target_column(c).expect("kept").to_string())
+                    .collect(),
+            )
+        };
         tables.push(PlannedTable {
             oid: t.oid,
             source: t.name.clone(),
-            target: t.name.clone(),
-            columns: t.copy_columns().map(|c| c.name.clone()).collect(),
+            target,
+            target_columns,
+            condition: m.condition.as_ref().map(|(c, _)| c.clone()),
+            preparation,
+            columns,
             format,
             text_reason,
             split,
             chunks,
             bytes: t.total_bytes,
-            estimated_rows: t.estimated_rows.max(0) as u64,
+            estimated_rows: m
+                .row_count_estimate
+                .unwrap_or(t.estimated_rows.max(0) as u64),
         });
     }
     tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.source.cmp(&b.source)));
+    let mut sequence_targets = HashMap::new();
+    for s in &schema.sequences {
+        if let Some((owner, _)) = &s.owned_by
+            && let Some(m) = mappings.get(owner)
+            && m.target.schema != s.name.schema
+        {
+            sequence_targets.insert(
+                s.name.clone(),
+                QualifiedName::new(m.target.schema.clone(), s.name.name.clone()),
+            );
+        }
+    }
     Ok((
         LoadPlan {
             tables,
@@ -436,6 +666,8 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
             warnings,
             sequences,
             materialized_views,
+            mappings,
+            sequence_targets,
         },
         decisions,
     ))
@@ -525,6 +757,7 @@ pub fn task_fingerprint(task: &Task) -> String {
         &format!("{:?}", task.full_load.copy_format),
         &patterns(&task.tables.include),
         &patterns(&task.tables.exclude),
+        &format!("{:?}", task.rules),
     ])
 }
 

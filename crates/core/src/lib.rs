@@ -8,6 +8,9 @@
 //!   through here.
 //! - [`lsn`]: WAL positions.
 //! - [`selection`]: include/exclude patterns that follow PostgreSQL's identifier rules.
+//! - [`rules`]: per-table settings (columns, row conditions, keys, splits) and transformations
+//!   (renames, removed and retyped columns), resolved the same way for the load and the stream;
+//!   [`dms`] reads AWS DMS table-mapping documents into them.
 //! - [`schema`]: the source schema model produced by introspection and consumed by planning,
 //!   DDL and loading.
 //! - [`failpoint`]: crash points that tests arm with `PGTIDE_FAILPOINT`.
@@ -16,11 +19,13 @@
 //!
 //! Nothing here performs I/O on a database; the `pgtide-postgres` crate fills these types in.
 
+pub mod dms;
 pub mod endpoint;
 pub mod error;
 pub mod failpoint;
 pub mod ident;
 pub mod lsn;
+pub mod rules;
 pub mod schema;
 pub mod selection;
 pub mod size;

@@ -87,80 +87,157 @@ pub struct TablePattern {
     table: Part,
 }
 
+/// Split a pattern into its dot-separated parts, compiled; quoting and wildcard rules as in the
+/// module docs. Errors name the pattern and show `form` (e.g. `schema.table`).
+fn parse_parts(text: &str, form: &str, example: &str) -> Result<Vec<Part>> {
+    let mut parts: Vec<Vec<Token>> = vec![Vec::new()];
+    let mut chars = text.chars().peekable();
+    let mut in_quotes = false;
+    let mut saw_any = false;
+    while let Some(c) = chars.next() {
+        saw_any = true;
+        let cur = parts.last_mut().expect("parts is never empty");
+        if in_quotes {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    cur.push(Token::Char('"'));
+                } else {
+                    in_quotes = false;
+                }
+            } else {
+                cur.push(Token::Char(c));
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quotes = true,
+            '.' => parts.push(Vec::new()),
+            '*' => {
+                if cur.last() != Some(&Token::AnyRun) {
+                    cur.push(Token::AnyRun)
+                }
+            }
+            '?' => cur.push(Token::AnyOne),
+            c if c.is_whitespace() => {
+                return Err(Error::config(format!(
+                    "pattern {text:?} contains unquoted white space"
+                ))
+                .with_hint("put names with spaces in double quotes: public.\"My Table\""));
+            }
+            c => cur.extend(c.to_lowercase().map(Token::Char)),
+        }
+    }
+    if !saw_any {
+        return Err(
+            Error::config("pattern is empty").with_hint(format!("write {form}, e.g. {example}"))
+        );
+    }
+    if in_quotes {
+        return Err(
+            Error::config(format!("pattern {text:?} has an unterminated double quote")).with_hint(
+                "close the quote, or double a quote that is part of the name: \"a\"\"b\"",
+            ),
+        );
+    }
+    let want = form.split('.').count();
+    if parts.len() != want {
+        return Err(Error::config(format!(
+            "pattern {text:?} must have the form {form} ({} part{} found)",
+            parts.len(),
+            if parts.len() == 1 { "" } else { "s" }
+        ))
+        .with_hint(format!(
+            "write {form}, e.g. {example}; quote a name that contains a dot: \"a.b\""
+        )));
+    }
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config(format!("pattern {text:?} has an empty part"))
+            .with_hint(format!("write {form}, e.g. {example}")));
+    }
+    Ok(parts.into_iter().map(|tokens| Part { tokens }).collect())
+}
+
+/// A compiled pattern of one, two or three parts (`schema`, `schema.table`,
+/// `schema.table.column`), for the rules that name schemas or columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    text: String,
+    parts: Vec<Part>,
+}
+
+impl NamePattern {
+    /// Parse a pattern with as many parts as `form` has (`schema`, `schema.table`,
+    /// `schema.table.column`).
+    pub fn parse(text: &str, form: &str) -> Result<Self> {
+        let example = match form.split('.').count() {
+            1 => "public or \"Sales\" or sales_*",
+            2 => "public.orders or public.*",
+            _ => "public.orders.note or public.*.\"Secret\"",
+        };
+        Ok(NamePattern {
+            text: text.to_string(),
+            parts: parse_parts(text, form, example)?,
+        })
+    }
+
+    /// True when every part matches the corresponding name.
+    pub fn matches(&self, names: &[&str]) -> bool {
+        self.parts.len() == names.len() && self.parts.iter().zip(names).all(|(p, n)| p.matches(n))
+    }
+
+    /// Number of parts.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Never true: a pattern has at least one part.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The pattern as the user wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Parse one identifier as SQL does: unquoted letters fold to lower case, a double-quoted name
+/// is taken exactly. No wildcards, no dots outside quotes.
+pub fn parse_ident(text: &str) -> Result<String> {
+    let hint = "write a name as in SQL: orders (folds to lower case) or \"Orders\" (exact)";
+    let parts = parse_parts(text, "name", "orders").map_err(|e| e.with_hint(hint))?;
+    parts[0].literal().filter(|s| !s.is_empty()).ok_or_else(|| {
+        Error::config(format!("{text:?} is not a name: * and ? are wildcards"))
+            .with_hint("quote the name if it contains * or ?: \"a*b\"")
+    })
+}
+
 impl TablePattern {
     /// Parse a pattern; errors explain the expected form.
     pub fn parse(text: &str) -> Result<Self> {
-        let mut parts: Vec<Vec<Token>> = vec![Vec::new()];
-        let mut chars = text.chars().peekable();
-        let mut in_quotes = false;
-        let mut saw_any = false;
-        while let Some(c) = chars.next() {
-            saw_any = true;
-            let cur = parts.last_mut().expect("parts is never empty");
-            if in_quotes {
-                if c == '"' {
-                    if chars.peek() == Some(&'"') {
-                        chars.next();
-                        cur.push(Token::Char('"'));
-                    } else {
-                        in_quotes = false;
-                    }
-                } else {
-                    cur.push(Token::Char(c));
+        let mut parts = parse_parts(text, "schema.table", "public.orders, *.orders or public.*")
+            .map_err(|e| {
+                let msg = e.message().replacen("pattern", "table pattern", 1);
+                let hint = e.hint().map(str::to_string);
+                let mut out = Error::config(msg);
+                if let Some(h) = hint {
+                    out = out.with_hint(h);
                 }
-                continue;
-            }
-            match c {
-                '"' => in_quotes = true,
-                '.' => parts.push(Vec::new()),
-                '*' => {
-                    if cur.last() != Some(&Token::AnyRun) {
-                        cur.push(Token::AnyRun)
-                    }
-                }
-                '?' => cur.push(Token::AnyOne),
-                c if c.is_whitespace() => {
-                    return Err(Error::config(format!(
-                        "table pattern {text:?} contains unquoted white space"
-                    ))
-                    .with_hint("put names with spaces in double quotes: public.\"My Table\""));
-                }
-                c => cur.extend(c.to_lowercase().map(Token::Char)),
-            }
-        }
-        if !saw_any {
-            return Err(Error::config("table pattern is empty")
-                .with_hint("write schema.table, e.g. public.orders or sales.*"));
-        }
-        if in_quotes {
-            return Err(Error::config(format!(
-                "table pattern {text:?} has an unterminated double quote"
-            ))
-            .with_hint("close the quote, or double a quote that is part of the name: \"a\"\"b\""));
-        }
-        if parts.len() != 2 {
-            return Err(Error::config(format!(
-                "table pattern {text:?} must have the form schema.table ({} part{} found)",
-                parts.len(),
-                if parts.len() == 1 { "" } else { "s" }
-            ))
-            .with_hint(
-                "write schema.table, e.g. public.orders, *.orders or public.*; \
-                 quote a name that contains a dot: public.\"a.b\"",
-            ));
-        }
+                out
+            })?;
         let table = parts.pop().expect("two parts");
         let schema = parts.pop().expect("two parts");
-        if schema.is_empty() || table.is_empty() {
-            return Err(Error::config(format!(
-                "table pattern {text:?} has an empty schema or table part"
-            ))
-            .with_hint("write schema.table, e.g. public.orders or public.*"));
-        }
         Ok(TablePattern {
             text: text.to_string(),
-            schema: Part { tokens: schema },
-            table: Part { tokens: table },
+            schema,
+            table,
         })
     }
 

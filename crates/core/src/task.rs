@@ -18,7 +18,8 @@
 
 use crate::endpoint::{ConnUrl, EndpointKind};
 use crate::error::{Error, Result};
-use crate::selection::Selection;
+use crate::rules::{Action, RuleObject, Rules, TableSettings, Transform};
+use crate::selection::{NamePattern, Selection, TablePattern, parse_ident};
 use crate::size::ByteSize;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -205,6 +206,84 @@ struct RawTask {
     schema: RawSchema,
     #[serde(default)]
     cdc: RawCdc,
+    #[serde(default)]
+    transform: Vec<RawTransform>,
+    #[serde(default)]
+    dms_table_mapping: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTableSettings {
+    table: String,
+    #[serde(default)]
+    columns: Option<RawColumns>,
+    #[serde(default, rename = "where")]
+    condition: Option<String>,
+    #[serde(default)]
+    split_key: Option<String>,
+    #[serde(default)]
+    chunks: Option<u64>,
+    #[serde(default)]
+    row_count_estimate: Option<u64>,
+    #[serde(default)]
+    row_identifier_key: Option<Vec<String>>,
+    #[serde(default)]
+    preparation: Option<TablePreparation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumns {
+    #[serde(default)]
+    include: Option<Vec<String>>,
+    #[serde(default)]
+    exclude: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawCase {
+    Lower,
+    Upper,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplace {
+    from: String,
+    to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    column: Option<String>,
+    #[serde(default)]
+    rename: Option<String>,
+    #[serde(default)]
+    add_prefix: Option<String>,
+    #[serde(default)]
+    remove_prefix: Option<String>,
+    #[serde(default)]
+    replace_prefix: Option<RawReplace>,
+    #[serde(default)]
+    add_suffix: Option<String>,
+    #[serde(default)]
+    remove_suffix: Option<String>,
+    #[serde(default)]
+    replace_suffix: Option<RawReplace>,
+    #[serde(default)]
+    case: Option<RawCase>,
+    #[serde(default)]
+    remove: Option<bool>,
+    #[serde(default, rename = "type")]
+    new_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +303,8 @@ struct RawTables {
     include: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    #[serde(default)]
+    settings: Vec<RawTableSettings>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -309,6 +390,8 @@ pub struct Task {
     pub mode: Mode,
     /// Which tables.
     pub tables: Selection,
+    /// Per-table settings and transformations (from the task file and its DMS document).
+    pub rules: Rules,
     /// Full-load settings.
     pub full_load: FullLoadSettings,
     /// Schema settings.
@@ -346,21 +429,48 @@ impl Task {
         Ok(())
     }
 
+    /// Refuse per-table settings and transformations where they are not implemented yet
+    /// (MySQL/MariaDB targets): silently ignoring a column exclusion or a row condition would
+    /// move data the operator meant to keep back.
+    pub fn refuse_rules(&self, what: &str) -> Result<()> {
+        if let Some(s) = self.rules.settings.first() {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unsupported,
+                format!("{}: {what} does not support per-table settings yet", s.origin),
+            )
+            .with_hint("remove tables.settings (and the filters of a DMS mapping) for this target; tables.include/exclude work"));
+        }
+        if let Some(t) = self.rules.transforms.first() {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unsupported,
+                format!(
+                    "{}: {what} does not support transformation rules yet",
+                    t.origin
+                ),
+            )
+            .with_hint("remove the transform rules for this target; tables.include/exclude work"));
+        }
+        Ok(())
+    }
+
     /// Read and validate a task file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read task file {}", path.display())).with_source(e)
         })?;
-        Self::from_yaml(&text).map_err(|e| e.context(format!("task file {}", path.display())))
+        let base = path.parent().unwrap_or(Path::new("."));
+        parse_raw(&text)
+            .and_then(|raw| Self::validate(raw, base))
+            .map_err(|e| e.context(format!("task file {}", path.display())))
     }
 
-    /// Validate task YAML.
+    /// Validate task YAML; relative paths in it are taken from the current directory.
     pub fn from_yaml(text: &str) -> Result<Self> {
         let raw = parse_raw(text)?;
-        Self::validate(raw)
+        Self::validate(raw, Path::new("."))
     }
 
-    fn validate(raw: RawTask) -> Result<Self> {
+    fn validate(raw: RawTask, base: &Path) -> Result<Self> {
         validate_name(&raw.name)?;
         let endpoint = |r: &RawEndpoint, field: &str| -> Result<Endpoint> {
             let mut url = ConnUrl::parse(&r.url, &format!("{field}.url"))?;
@@ -373,7 +483,40 @@ impl Task {
             return Err(Error::config("source.url: the source must be PostgreSQL")
                 .with_hint("write postgresql://user@host:5432/dbname"));
         }
-        let tables = Selection::parse(&raw.tables.include, &raw.tables.exclude)?;
+        let mut tables = Selection::parse(&raw.tables.include, &raw.tables.exclude)?;
+        let mut rules = Rules {
+            settings: raw
+                .tables
+                .settings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| table_settings(i, s))
+                .collect::<Result<_>>()?,
+            transforms: raw
+                .transform
+                .iter()
+                .enumerate()
+                .map(|(i, t)| transform(i, t))
+                .collect::<Result<_>>()?,
+        };
+        if let Some(path) = &raw.dms_table_mapping {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                base.join(path)
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::config(format!("dms_table_mapping: cannot read {}", path.display()))
+                    .with_source(e)
+                    .with_hint("the path is relative to the task file's directory")
+            })?;
+            let dms = crate::dms::parse(&text)
+                .map_err(|e| e.context(format!("dms_table_mapping {}", path.display())))?;
+            tables.include.extend(dms.include);
+            tables.exclude.extend(dms.exclude);
+            rules.settings.extend(dms.settings);
+            rules.transforms.extend(dms.transforms);
+        }
 
         let f = raw.full_load;
         let threads = f.threads.unwrap_or(4);
@@ -441,6 +584,7 @@ impl Task {
             target,
             mode: raw.mode,
             tables,
+            rules,
             full_load: FullLoadSettings {
                 threads: threads as usize,
                 split_threshold,
@@ -466,6 +610,199 @@ impl Task {
             },
         })
     }
+}
+
+/// A row condition is pasted into `WHERE (...)` of the load's queries and the publication's row
+/// filter, so it must be one closed expression: parentheses balanced and no `;`, `--` or `/*`
+/// outside quotes (which could end the statement or comment out its closing parenthesis). The
+/// server checks the rest at plan time.
+pub fn condition_shape(w: &str) -> Result<()> {
+    let bad = |what: &str| {
+        Err(Error::config(format!("the condition {what}"))
+            .with_hint("write one SQL boolean expression on the table's columns, e.g. status <> 'void' AND created >= '2024-01-01'"))
+    };
+    let b = w.as_bytes();
+    let (mut i, mut depth) = (0usize, 0i32);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                loop {
+                    if i >= b.len() {
+                        return bad("has an unterminated quote");
+                    }
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'$' => return bad("uses dollar quoting or parameters; use '...' literals"),
+            b';' => return bad("contains a semicolon"),
+            b'-' if b.get(i + 1) == Some(&b'-') => return bad("contains a comment"),
+            b'/' if b.get(i + 1) == Some(&b'*') => return bad("contains a comment"),
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return bad("closes a parenthesis it did not open");
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 {
+        return bad("leaves a parenthesis open");
+    }
+    Ok(())
+}
+
+fn names(list: &[String], field: &str) -> Result<Vec<String>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, n)| parse_ident(n).map_err(|e| e.context(format!("{field}[{i}]"))))
+        .collect()
+}
+
+fn table_settings(i: usize, raw: &RawTableSettings) -> Result<TableSettings> {
+    let at = format!("tables.settings[{i}]");
+    let pattern = TablePattern::parse(&raw.table).map_err(|e| e.context(format!("{at}.table")))?;
+    let mut s = TableSettings::new(at.clone(), pattern);
+    if let Some(c) = &raw.columns {
+        if c.include.is_some() && c.exclude.is_some() {
+            return Err(
+                Error::config(format!("{at}.columns: give include or exclude, not both"))
+                    .with_hint(
+                        "include lists the columns that move; exclude lists those that do not",
+                    ),
+            );
+        }
+        if let Some(list) = &c.include {
+            if list.is_empty() {
+                return Err(
+                    Error::config(format!("{at}.columns.include is empty")).with_hint(
+                        "list at least one column, or exclude the table in tables.exclude",
+                    ),
+                );
+            }
+            s.columns_include = Some(names(list, &format!("{at}.columns.include"))?);
+        }
+        if let Some(list) = &c.exclude {
+            s.columns_exclude = names(list, &format!("{at}.columns.exclude"))?;
+        }
+    }
+    if let Some(w) = &raw.condition {
+        if w.trim().is_empty() {
+            return Err(Error::config(format!("{at}.where is empty")).with_hint(
+                "write an SQL boolean expression on the table's columns, e.g. status <> 'void'",
+            ));
+        }
+        condition_shape(w).map_err(|e| e.context(format!("{at}.where")))?;
+        s.condition = Some(w.trim().to_string());
+    }
+    if let Some(k) = &raw.split_key {
+        s.split_key = Some(parse_ident(k).map_err(|e| e.context(format!("{at}.split_key")))?);
+    }
+    if let Some(n) = raw.chunks {
+        if !(1..=1024).contains(&n) {
+            return Err(Error::config(format!("{at}.chunks: {n} is out of range"))
+                .with_hint("use a number from 1 to 1024"));
+        }
+        s.chunks = Some(n);
+    }
+    s.row_count_estimate = raw.row_count_estimate;
+    if let Some(k) = &raw.row_identifier_key {
+        if k.is_empty() {
+            return Err(Error::config(format!("{at}.row_identifier_key is empty"))
+                .with_hint("list the columns that identify a row, e.g. [order_id, line_no]"));
+        }
+        s.row_identifier_key = Some(names(k, &format!("{at}.row_identifier_key"))?);
+    }
+    s.preparation = raw.preparation;
+    Ok(s)
+}
+
+fn transform(i: usize, raw: &RawTransform) -> Result<Transform> {
+    let at = format!("transform[{i}]");
+    let objects = [
+        (RuleObject::Schema, &raw.schema, "schema"),
+        (RuleObject::Table, &raw.table, "schema.table"),
+        (RuleObject::Column, &raw.column, "schema.table.column"),
+    ];
+    let named: Vec<_> = objects.iter().filter(|(_, v, _)| v.is_some()).collect();
+    let [(object, Some(text), form)] = named.as_slice() else {
+        return Err(Error::config(format!(
+            "{at}: name exactly one of schema, table or column"
+        ))
+        .with_hint("e.g. { table: public.orders, rename: orders_v2 } or { column: \"public.*.secret\", remove: true }"));
+    };
+    let pattern = NamePattern::parse(text, form)
+        .map_err(|e| e.context(format!("{at}.{}", object.as_str())))?;
+    let ident = |v: &str, key: &str| -> Result<String> {
+        parse_ident(v).map_err(|e| e.context(format!("{at}.{key}")))
+    };
+    let mut actions = Vec::new();
+    if let Some(v) = &raw.rename {
+        actions.push(Action::Rename(ident(v, "rename")?));
+    }
+    if let Some(v) = &raw.add_prefix {
+        actions.push(Action::AddPrefix(v.clone()));
+    }
+    if let Some(v) = &raw.remove_prefix {
+        actions.push(Action::RemovePrefix(v.clone()));
+    }
+    if let Some(r) = &raw.replace_prefix {
+        actions.push(Action::ReplacePrefix(r.from.clone(), r.to.clone()));
+    }
+    if let Some(v) = &raw.add_suffix {
+        actions.push(Action::AddSuffix(v.clone()));
+    }
+    if let Some(v) = &raw.remove_suffix {
+        actions.push(Action::RemoveSuffix(v.clone()));
+    }
+    if let Some(r) = &raw.replace_suffix {
+        actions.push(Action::ReplaceSuffix(r.from.clone(), r.to.clone()));
+    }
+    match raw.case {
+        Some(RawCase::Lower) => actions.push(Action::Lowercase),
+        Some(RawCase::Upper) => actions.push(Action::Uppercase),
+        None => {}
+    }
+    match raw.remove {
+        Some(true) => actions.push(Action::RemoveColumn),
+        Some(false) => {
+            return Err(Error::config(format!("{at}.remove: false does nothing"))
+                .with_hint("delete the rule, or write remove: true"));
+        }
+        None => {}
+    }
+    if let Some(t) = &raw.new_type {
+        if t.trim().is_empty() || t.contains(';') {
+            return Err(Error::config(format!("{at}.type is not a type name"))
+                .with_hint("write a PostgreSQL type, e.g. bigint or numeric(14,2)"));
+        }
+        actions.push(Action::ChangeType(t.trim().to_string()));
+    }
+    if actions.len() != 1 {
+        return Err(Error::config(format!(
+            "{at}: give exactly one action ({} given)",
+            actions.len()
+        ))
+        .with_hint("one of rename, add_prefix, remove_prefix, replace_prefix, add_suffix, remove_suffix, replace_suffix, case, remove, type; write several rules for several actions"));
+    }
+    let t = Transform {
+        origin: at,
+        object: *object,
+        pattern,
+        action: actions.pop().expect("one"),
+    };
+    t.validate()?;
+    Ok(t)
 }
 
 /// Parse YAML into the raw structs, turning the parser's error into one that names the field
@@ -526,6 +863,8 @@ fn hint_for(path: &str, msg: &str) -> String {
         "threads" | "fetch_size" => "use a positive whole number".into(),
         "split_threshold" | "index_memory" => "use a size such as 256MB or 1GB".into(),
         "include" | "exclude" => "use a list of patterns: [\"public.*\", \"sales.orders\"]".into(),
+        "preparation" => "use drop-and-create, truncate or do-nothing".into(),
+        "case" => "use lower or upper".into(),
         _ if msg.contains("missing field") => {
             "a task needs at least name, source.url and target.url".into()
         }
@@ -627,5 +966,101 @@ mod tests {
             assert!(e.message().starts_with(field), "{field}: {}", e.report());
             assert!(e.hint().is_some(), "{field}");
         }
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    const MIN: &str = "name: shop\nsource: { url: postgresql://u@src:5432/db }\ntarget: { url: postgresql://u:pw@dst/db }\n";
+
+    #[test]
+    fn settings_and_transforms_parse() {
+        let y = format!(
+            "{MIN}tables:\n  include: [\"public.*\"]\n  settings:\n    - table: public.\"Orders\"\n      columns: {{ exclude: [Secret, '\"Note\"'] }}\n      where: \"status <> 'void;' AND (id > 3)\"\n      split_key: id\n      chunks: 4\n      row_identifier_key: [id]\n      preparation: truncate\n\
+             transform:\n  - {{ schema: public, rename: App }}\n  - {{ table: \"public.*\", add_prefix: x_ }}\n  - {{ column: public.orders.\"Amount\", type: \"numeric(14,2)\" }}\n  - {{ column: \"public.*.secret\", remove: true }}\n  - {{ table: \"*.*\", case: upper }}\n"
+        );
+        let t = Task::from_yaml(&y).unwrap();
+        let s = &t.rules.settings[0];
+        assert!(s.pattern.matches("public", "Orders"));
+        assert_eq!(
+            s.columns_exclude,
+            vec!["secret".to_string(), "Note".to_string()]
+        );
+        assert_eq!(
+            s.condition.as_deref(),
+            Some("status <> 'void;' AND (id > 3)")
+        );
+        assert_eq!(s.preparation, Some(TablePreparation::Truncate));
+        assert_eq!(t.rules.transforms.len(), 5);
+        assert_eq!(t.rules.transforms[0].action, Action::Rename("app".into()));
+    }
+
+    #[test]
+    fn bad_rules_name_their_place() {
+        for (rule, at) in [
+            (
+                "transform:\n  - { table: public.t, rename: a, add_prefix: b }\n",
+                "transform[0]",
+            ),
+            (
+                "transform:\n  - { schema: public, table: public.t, rename: a }\n",
+                "transform[0]",
+            ),
+            (
+                "transform:\n  - { table: public.t, remove: true }\n",
+                "transform[0]",
+            ),
+            (
+                "transform:\n  - { column: public.t, rename: a }\n",
+                "transform[0].column",
+            ),
+            (
+                "transform:\n  - { table: public.t, rename: \"a*\" }\n",
+                "transform[0].rename",
+            ),
+            (
+                "tables:\n  settings:\n    - { table: public.t, where: \"a = 1; DROP TABLE x\" }\n",
+                "tables.settings[0].where",
+            ),
+            (
+                "tables:\n  settings:\n    - { table: public.t, where: \"a = 1) OR (true\" }\n",
+                "tables.settings[0].where",
+            ),
+            (
+                "tables:\n  settings:\n    - { table: public.t, where: \"a = 1 -- x\" }\n",
+                "tables.settings[0].where",
+            ),
+            (
+                "tables:\n  settings:\n    - { table: public.t, columns: { include: [a], exclude: [b] } }\n",
+                "tables.settings[0].columns",
+            ),
+            (
+                "tables:\n  settings:\n    - { table: t }\n",
+                "tables.settings[0].table",
+            ),
+        ] {
+            let e = Task::from_yaml(&format!("{MIN}{rule}")).unwrap_err();
+            assert!(e.message().starts_with(at), "{at}: {}", e.report());
+            assert!(e.hint().is_some(), "{at}");
+        }
+    }
+
+    #[test]
+    fn dms_document_is_read_next_to_the_task_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.json"),
+            r#"{"rules": [{"rule-type": "selection", "rule-id": "1", "rule-name": "1", "object-locator": {"schema-name": "public", "table-name": "Orders"}, "rule-action": "include"}]}"#,
+        )
+        .unwrap();
+        let path = dir.path().join("task.yaml");
+        std::fs::write(&path, format!("{MIN}dms_table_mapping: m.json\n")).unwrap();
+        let t = Task::load(&path).unwrap();
+        assert!(t.tables.selects("public", "Orders"));
+        assert!(!t.tables.selects("public", "orders"));
+        std::fs::write(&path, format!("{MIN}dms_table_mapping: missing.json\n")).unwrap();
+        assert!(Task::load(&path).is_err());
     }
 }

@@ -78,6 +78,94 @@ pub enum Change {
     },
 }
 
+/// How one source table appears on the target, from the task's rules: applied to every
+/// Relation message and every row before the applier sees them, so every target kind gets the
+/// same renames and the same dropped columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Target schema.
+    pub schema: String,
+    /// Target table.
+    pub name: String,
+    /// Source column → target column. A source column that is not here is dropped (a removed
+    /// column the publication could not leave out, e.g. under `REPLICA IDENTITY FULL`).
+    pub columns: HashMap<String, String>,
+    /// Target columns that identify a row, instead of the replica identity (the task's
+    /// `row_identifier_key`; the source sends whole old rows).
+    pub key: Option<Vec<String>>,
+}
+
+/// Routes by source `(schema, table)`; tables without a route pass unchanged.
+pub type Routes = HashMap<(String, String), Route>;
+
+/// The relation as the target sees it, and which source columns it keeps (None: all).
+fn route_relation(rel: Relation, route: &Route) -> (Relation, Option<Vec<usize>>) {
+    let keep: Vec<usize> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| route.columns.contains_key(&c.name))
+        .map(|(i, _)| i)
+        .collect();
+    let projection = (keep.len() != rel.columns.len()).then(|| keep.clone());
+    let mut columns: Vec<pgoutput::RelationColumn> = keep
+        .iter()
+        .map(|&i| {
+            let mut c = rel.columns[i].clone();
+            c.name = route.columns[&c.name].clone();
+            c
+        })
+        .collect();
+    let mut replica_identity = rel.replica_identity;
+    if let Some(key) = &route.key {
+        for c in columns.iter_mut() {
+            c.key = key.contains(&c.name);
+        }
+        // The key columns now identify rows, whatever the source's identity was.
+        replica_identity = b'i';
+    }
+    (
+        Relation {
+            oid: rel.oid,
+            namespace: route.schema.clone(),
+            name: route.name.clone(),
+            replica_identity,
+            columns,
+        },
+        projection,
+    )
+}
+
+fn project(t: Tuple, keep: &Option<Vec<usize>>) -> Result<Tuple> {
+    match keep {
+        None => Ok(t),
+        Some(k) => {
+            let mut values = t.0;
+            let width = values.len();
+            k.iter()
+                .map(|&i| {
+                    values
+                        .get_mut(i)
+                        .map(|v| std::mem::replace(v, pgoutput::Value::Null))
+                        .ok_or_else(|| {
+                            Error::internal(format!(
+                                "a row with {width} values for a relation with more columns"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Tuple)
+        }
+    }
+}
+
+fn project_old(t: OldTuple, keep: &Option<Vec<usize>>) -> Result<OldTuple> {
+    Ok(match t {
+        OldTuple::Key(t) => OldTuple::Key(project(t, keep)?),
+        OldTuple::Full(t) => OldTuple::Full(project(t, keep)?),
+    })
+}
+
 /// Where assembled transactions go (the applier).
 pub trait ChangeSink {
     /// A transaction starts. `commit_lsn` is its position in commit order.
@@ -117,6 +205,9 @@ struct Spool {
 /// Turns pgoutput messages into [`ChangeSink`] calls.
 pub struct Assembler {
     relations: HashMap<u32, RelationRef>,
+    /// Source columns kept per relation, when a route drops some.
+    projections: HashMap<u32, Option<Vec<usize>>>,
+    routes: Routes,
     /// Inside a stream block: the top-level xid.
     streaming: Option<u32>,
     spools: HashMap<u32, Spool>,
@@ -150,12 +241,20 @@ impl Assembler {
         }
         Ok(Assembler {
             relations: HashMap::new(),
+            projections: HashMap::new(),
+            routes: Routes::new(),
             streaming: None,
             spools: HashMap::new(),
             spool_dir,
             parallel_abort: false,
             in_txn: false,
         })
+    }
+
+    /// Rename and project tables on their way to the sink (the task's rules).
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// True between `Begin` and `Commit` of an ordinary transaction.
@@ -182,6 +281,13 @@ impl Assembler {
                 ),
             )
         })
+    }
+
+    /// The relation and its projection; a row narrower than the source relation is refused
+    /// before it is projected.
+    fn rel_projected(&self, oid: u32) -> Result<(RelationRef, Option<Vec<usize>>)> {
+        let rel = self.rel(oid)?;
+        Ok((rel, self.projections.get(&oid).cloned().flatten()))
     }
 
     /// Handle one pgoutput message (the payload of an XLogData frame).
@@ -240,31 +346,40 @@ impl Assembler {
     async fn dispatch<S: ChangeSink>(&mut self, msg: Message, sink: &mut S) -> Result<()> {
         match msg {
             Message::Relation { relation, .. } => {
+                let key = (relation.namespace.clone(), relation.name.clone());
+                let (relation, projection) = match self.routes.get(&key) {
+                    Some(route) => route_relation(relation, route),
+                    None => (relation, None),
+                };
+                self.projections.insert(relation.oid, projection);
                 self.relations.insert(relation.oid, Arc::new(relation));
                 Ok(())
             }
             Message::Type { .. } | Message::Origin { .. } => Ok(()),
             Message::Insert { relation, new, .. } => {
+                let (rel, keep) = self.rel_projected(relation)?;
                 sink.change(Change::Insert {
-                    relation: self.rel(relation)?,
-                    new,
+                    relation: rel,
+                    new: project(new, &keep)?,
                 })
                 .await
             }
             Message::Update {
                 relation, old, new, ..
             } => {
+                let (rel, keep) = self.rel_projected(relation)?;
                 sink.change(Change::Update {
-                    relation: self.rel(relation)?,
-                    old,
-                    new,
+                    relation: rel,
+                    old: old.map(|o| project_old(o, &keep)).transpose()?,
+                    new: project(new, &keep)?,
                 })
                 .await
             }
             Message::Delete { relation, old, .. } => {
+                let (rel, keep) = self.rel_projected(relation)?;
                 sink.change(Change::Delete {
-                    relation: self.rel(relation)?,
-                    old,
+                    relation: rel,
+                    old: project_old(old, &keep)?,
                 })
                 .await
             }

@@ -114,12 +114,48 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// A table in a publication, with the column list and row filter of PostgreSQL 15+.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTable {
+    /// The table.
+    pub name: QualifiedName,
+    /// Only these columns leave the source (None: all).
+    pub columns: Option<Vec<String>>,
+    /// Only rows where this expression holds leave the source; an update that makes a row
+    /// match arrives as an INSERT, one that makes it stop matching as a DELETE.
+    pub filter: Option<String>,
+}
+
+impl PublishedTable {
+    /// A whole table.
+    pub fn whole(name: QualifiedName) -> Self {
+        PublishedTable {
+            name,
+            columns: None,
+            filter: None,
+        }
+    }
+
+    fn sql(&self) -> String {
+        let mut s = format!("ONLY {}", self.name.quoted());
+        if let Some(cols) = &self.columns {
+            let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+            s.push_str(&format!(" ({})", cols.join(", ")));
+        }
+        if let Some(f) = &self.filter {
+            // Checked at plan time: one closed expression the server accepts as a row filter.
+            s.push_str(&format!(" WHERE ({f})"));
+        }
+        s
+    }
+}
+
 /// Create or update a publication so that it holds exactly `tables` and publishes `publish`
 /// (`insert, update, delete, truncate` or `insert, truncate`).
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
-    tables: &[QualifiedName],
+    tables: &[PublishedTable],
     publish: &str,
 ) -> Result<()> {
     let exists: bool = client
@@ -130,10 +166,7 @@ pub async fn ensure_publication(
         .await
         .map_err(|e| classify(e, "reading publications on the source"))?
         .get(0);
-    let list: Vec<String> = tables
-        .iter()
-        .map(|t| format!("ONLY {}", t.quoted()))
-        .collect();
+    let list: Vec<String> = tables.iter().map(PublishedTable::sql).collect();
     let what = format!("setting up publication {name} on the source");
     let hint = "the task's user must own the published tables (or be a superuser) and have CREATE on the database";
     let sql = if exists {

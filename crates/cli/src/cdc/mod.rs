@@ -99,6 +99,14 @@ impl CdcOutcome {
     }
 }
 
+/// What the target kind allows and what the task's rules publish.
+pub(crate) struct PublishRules<'a> {
+    /// `tables_without_key: replica-identity-full` can be applied (the target matches whole rows).
+    pub(crate) full_identity_ok: bool,
+    /// Column lists and row filters per table OID.
+    pub(crate) shapes: &'a HashMap<u32, crate::rules_check::CdcShape>,
+}
+
 /// Decide how tables without a key are replicated, warn about what is not replicated, and
 /// create or update the task's publications; returns their names.
 pub(crate) async fn prepare_publications(
@@ -108,8 +116,12 @@ pub(crate) async fn prepare_publications(
     load_plan: &plan::LoadPlan,
     status: &CdcStatus,
     warnings: &mut Vec<String>,
-    full_identity_ok: bool,
+    rules: PublishRules<'_>,
 ) -> Result<Vec<String>> {
+    let PublishRules {
+        full_identity_ok,
+        shapes,
+    } = rules;
     let pub_name = CdcSettings::publication_name(&task.name);
     let insert_only_pub = CdcSettings::insert_only_publication_name(&task.name);
     let storage: Vec<u32> = load_plan.tables.iter().map(|t| t.oid).collect();
@@ -178,12 +190,13 @@ pub(crate) async fn prepare_publications(
         tracing::warn!("{w}");
     }
     status.set_insert_only(insert_only.iter().map(|n| n.to_string()).collect());
-    let published: Vec<QualifiedName> = load_plan
+    let published: Vec<(u32, QualifiedName)> = load_plan
         .tables
         .iter()
-        .map(|t| t.source.clone())
-        .filter(|n| !insert_only.contains(n))
+        .filter(|t| !insert_only.contains(&t.source))
+        .map(|t| (t.oid, t.source.clone()))
         .collect();
+    let published = crate::rules_check::published(&published, shapes);
     slot::ensure_publication(
         source,
         &pub_name,
@@ -191,6 +204,13 @@ pub(crate) async fn prepare_publications(
         "insert, update, delete, truncate",
     )
     .await?;
+    let insert_only: Vec<(u32, QualifiedName)> = load_plan
+        .tables
+        .iter()
+        .filter(|t| insert_only.contains(&t.source))
+        .map(|t| (t.oid, t.source.clone()))
+        .collect();
+    let insert_only = crate::rules_check::published(&insert_only, shapes);
     let mut publications = vec![pub_name.clone()];
     if insert_only.is_empty() {
         slot::drop_publication(source, &insert_only_pub).await?;
@@ -236,6 +256,9 @@ pub async fn run(
     let schema = read_schema(&source).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;
     let mut warnings = load_plan.warnings.clone();
+    let (shapes, rule_warnings) =
+        crate::rules_check::check(&source, task, &schema, &load_plan).await?;
+    warnings.extend(rule_warnings);
     let publications = prepare_publications(
         &source,
         task,
@@ -243,7 +266,10 @@ pub async fn run(
         &load_plan,
         &status,
         &mut warnings,
-        true,
+        PublishRules {
+            full_identity_ok: true,
+            shapes: &shapes,
+        },
     )
     .await?;
 
@@ -356,25 +382,25 @@ pub async fn run(
     state::unlock_task(&target, &task.name).await?;
     drop(target);
 
-    let source_keys: HashMap<QualifiedName, Vec<String>> = schema
-        .tables
-        .iter()
-        .filter_map(|t| {
-            t.primary_key
-                .as_ref()
-                .map(|k| (t.name.clone(), k.columns.clone()))
-        })
-        .collect();
     let setup = StreamSetup {
         slot: slot_name,
         publications,
         end_lsn: opts.end_lsn,
-        source_keys,
+        source_keys: crate::rules_check::target_keys(&schema, &load_plan),
+        routes: crate::rules_check::routes(&load_plan),
         target: ApplyTarget::Postgres,
     };
     let stop = run_stream_thread(task, setup, shutdown, &status).await?;
     status.set_phase("stopped");
-    let sequences = sync_sequences(task, &load_plan.sequences).await?;
+    let sequences: Vec<(QualifiedName, QualifiedName)> = load_plan
+        .sequences
+        .iter()
+        .map(|s| {
+            let t = load_plan.sequence_targets.get(s).unwrap_or(s).clone();
+            (s.clone(), t)
+        })
+        .collect();
+    let sequences = sync_sequences(task, &sequences).await?;
     let mut view = status.view();
     let target = connect(&task.target.url, Side::Target).await?;
     view.counts = read_totals(&target, &task.name).await?;
@@ -474,21 +500,25 @@ async fn read_totals(
 
 /// Logical decoding carries no sequence values: at a stop, every target sequence is set to at
 /// least the source's current value, so the target never hands out a value the source used.
-async fn sync_sequences(task: &Task, sequences: &[QualifiedName]) -> Result<usize> {
+async fn sync_sequences(
+    task: &Task,
+    sequences: &[(QualifiedName, QualifiedName)],
+) -> Result<usize> {
     if sequences.is_empty() {
         return Ok(0);
     }
     let source = connect(&task.source.url, Side::Source).await?;
     let target = connect(&task.target.url, Side::Target).await?;
     let mut set = 0;
-    for s in sequences {
+    for (s, ts) in sequences {
         let sql = format!("SELECT last_value, is_called FROM {}", s.quoted());
         let row = source
             .query_one(&sql, &[])
             .await
             .map_err(|e| classify(e, &format!("reading sequence {s} on the source")))?;
         let (last, called): (i64, bool) = (row.get(0), row.get(1));
-        let t = match target.query_one(&sql, &[]).await {
+        let tsql = format!("SELECT last_value, is_called FROM {}", ts.quoted());
+        let t = match target.query_one(&tsql, &[]).await {
             Ok(r) => (r.get::<_, i64>(0), r.get::<_, bool>(1)),
             Err(_) => continue,
         };
@@ -498,7 +528,7 @@ async fn sync_sequences(task: &Task, sequences: &[QualifiedName]) -> Result<usiz
             target
                 .execute(
                     "SELECT setval(to_regclass($1), $2, $3)",
-                    &[&s.quoted(), &last, &called],
+                    &[&ts.quoted(), &last, &called],
                 )
                 .await
                 .map_err(|e| classify(e, &format!("setting sequence {s} on the target")))?;

@@ -72,8 +72,10 @@ pub struct StreamSetup {
     pub publications: Vec<String>,
     /// Stop when everything committed before this LSN is applied.
     pub end_lsn: Option<Lsn>,
-    /// Primary keys from the source catalog.
+    /// Primary keys from the source catalog (by target name, target column names).
     pub source_keys: HashMap<QualifiedName, Vec<String>>,
+    /// Renames and dropped columns from the task's rules.
+    pub routes: pgtide_postgres::changes::Routes,
     /// Where the changes go.
     pub target: ApplyTarget,
 }
@@ -249,7 +251,7 @@ async fn stream_into<A: Applier>(
         })?;
     // Read ahead while the target works, holding at most 64 MB of received changes.
     let mut stream = stream.pipelined(64 << 20);
-    let mut asm = Assembler::new(task.cdc.spill_dir.clone())?;
+    let mut asm = Assembler::new(task.cdc.spill_dir.clone())?.with_routes(setup.routes.clone());
     status.set_phase("streaming");
     tracing::info!(slot = %setup.slot, start = %start, "streaming changes");
 

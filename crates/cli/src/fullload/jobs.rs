@@ -48,11 +48,16 @@ pub(super) fn sql_copy_out(t: &PlannedTable, range: &ChunkRange) -> String {
         }
         w
     };
-    let conds = match &t.split {
+    let mut conds = match &t.split {
         Split::None => Vec::new(),
         Split::Ctid => bound("ctid", range.start, range.end, true),
         Split::Key(c) => bound(&quote_ident(c), range.start, range.end, false),
     };
+    // The task's row condition: checked at plan time to be one closed expression that the
+    // source accepts (see `rules_check`).
+    if let Some(c) = &t.condition {
+        conds.push(format!("({c})"));
+    }
     if conds.is_empty() {
         // COPY of a table reads only that table, never its children: ONLY semantics.
         format!(
@@ -71,7 +76,7 @@ pub(super) fn sql_copy_out(t: &PlannedTable, range: &ChunkRange) -> String {
 }
 
 pub(super) fn sql_copy_in(t: &PlannedTable, freeze: bool) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
+    let cols: Vec<String> = t.target_columns.iter().map(|c| quote_ident(c)).collect();
     format!(
         "COPY {} ({}) FROM STDIN ({}{})",
         t.target.quoted(),

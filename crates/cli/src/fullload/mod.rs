@@ -34,12 +34,14 @@
 
 mod finish;
 mod jobs;
+mod rules;
 mod schema_jobs;
 mod target_checks;
 mod workers;
 
 use finish::*;
 use jobs::*;
+use rules::*;
 use schema_jobs::*;
 use target_checks::*;
 use workers::*;
@@ -136,6 +138,12 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
     };
     let schema = introspect::introspect(snapshot.client()).await?;
     let (mut plan, decisions) = plan::plan(&schema, task)?;
+    if plan.tables.iter().any(|t| t.condition.is_some()) {
+        // Row conditions are compiled by the source before anything is written (on a
+        // connection of their own: the snapshot's transaction must stay open).
+        let checker = connect(&task.source.url, Side::Source).await?;
+        crate::rules_check::check(&checker, task, &schema, &plan).await?;
+    }
     fill_key_chunks(snapshot.client(), &mut plan, &decisions).await?;
 
     if resume {
@@ -155,6 +163,14 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
         );
     }
 
+    // What the rules do to tables this load creates (reads dependencies in the snapshot).
+    let rule_ddl = if prep == TablePreparation::DropAndCreate && plan.has_renames() {
+        rule_ddl(snapshot.client(), &schema, &mut plan).await?
+    } else {
+        RuleDdl::default()
+    };
+    plan.warnings.extend(rule_ddl.warnings.iter().cloned());
+
     // Schema archive and the DDL derived from it (PostgreSQL target, drop-and-create).
     let mut schema_work = None;
     if prep == TablePreparation::DropAndCreate {
@@ -166,7 +182,8 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
         tracing::info!(pg_dump = %bin.program("pg_dump").display(), version = bin.major, "dumping the source schema");
         let archive =
             SchemaArchive::dump(&bin, &task.source.url, snapshot.name(), &plan.dump_filter).await?;
-        schema_work = Some(prepare_schema_work(&schema, &plan, task, &archive).await?);
+        schema_work =
+            Some(prepare_schema_work(&schema, &plan, task, &archive, &rule_ddl.skip).await?);
     }
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -202,15 +219,14 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
                 .as_ref()
                 .expect("schema work for drop-and-create");
             if !done_steps.contains("schema-pre") {
-                create_schema(&target, task, &schema, &plan, sw).await?;
+                create_schema(&target, task, &schema, &plan, sw, &rule_ddl).await?;
             }
         }
-        TablePreparation::Truncate => {
+        TablePreparation::Truncate | TablePreparation::DoNothing => {
             if !done_steps.contains("truncate") {
                 truncate_targets(&target, task, &plan).await?;
             }
         }
-        TablePreparation::DoNothing => {}
     }
     state::set_phase(&target, &task.name, "load").await?;
     phases.push(("prepare".into(), phase_start.elapsed()));
@@ -305,6 +321,9 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
     )
     .await?;
     let matviews = refresh_matviews(&target, task, &plan, &done_steps).await?;
+    if !done_steps.contains("rules-rename") {
+        rename_step(&target, task, &rule_ddl).await?;
+    }
     snapshot.release().await?;
     // This commit is synchronous: it makes every earlier asynchronous chunk commit durable too.
     state::set_phase(&target, &task.name, options.final_phase.unwrap_or("done")).await?;

@@ -51,6 +51,7 @@ pub(super) async fn prepare_schema_work(
     plan: &LoadPlan,
     task: &Task,
     archive: &SchemaArchive,
+    skip: &HashSet<(u32, u32)>,
 ) -> Result<SchemaWork> {
     let opts = ScriptOptions {
         owners: task.schema.owners,
@@ -90,9 +91,12 @@ pub(super) async fn prepare_schema_work(
         "FK CONSTRAINT",
         "INDEX ATTACH",
     ];
+    // Entries that use a column a rule removes are left out (`rules::rule_ddl` warned).
+    let kept = |e: &&TocEntry| !skip.contains(&(e.catalog_oid, e.object_oid));
     let candidates: Vec<&TocEntry> = archive
         .post_data
         .iter()
+        .filter(kept)
         .filter(|e| JOB_DESCS.contains(&e.desc.as_str()))
         .collect();
     let job_script = archive.sql(&candidates, &opts).await?;
@@ -113,6 +117,7 @@ pub(super) async fn prepare_schema_work(
     let mut rest: Vec<&TocEntry> = archive
         .post_data
         .iter()
+        .filter(kept)
         .filter(|e| !JOB_DESCS.contains(&e.desc.as_str()))
         .collect();
     // Which job creates each index (an index job, or the constraint it backs).
@@ -289,14 +294,21 @@ pub(super) async fn create_schema(
     schema: &Schema,
     plan: &LoadPlan,
     sw: &SchemaWork,
+    rule_ddl: &RuleDdl,
 ) -> Result<()> {
     let started = Instant::now();
-    let selected: Vec<&QualifiedName> = schema
+    // The source names, and the final names an earlier finished run left behind.
+    let mut selected: Vec<&QualifiedName> = schema
         .tables
         .iter()
         .filter(|t| plan.selected.contains(&t.oid))
         .map(|t| &t.name)
         .collect();
+    for m in plan.mappings.values() {
+        if !selected.contains(&&m.target) {
+            selected.push(&m.target);
+        }
+    }
     let schemas: Vec<String> = selected.iter().map(|n| n.schema.clone()).collect();
     let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
     let existing = target
@@ -338,7 +350,9 @@ pub(super) async fn create_schema(
                 .await
                 .map_err(|e| classify(e, "dropping the existing target tables"))?;
         }
-        run_script(target, &sw.pre_script).await?;
+        // Removed and retyped columns, right after each table is created (before views and
+        // partition attachments refer to it).
+        run_script_with(target, &sw.pre_script, &rule_ddl.reshape).await?;
         for (_, sql) in &sw.pre_load_keys {
             target.batch_execute(sql).await.map_err(|e| classify(e, "creating a primary key on the target"))?;
         }
@@ -353,6 +367,17 @@ pub(super) async fn create_schema(
 }
 
 pub(super) async fn run_script(target: &Client, script: &Script) -> Result<()> {
+    run_script_with(target, script, &HashMap::new()).await
+}
+
+/// Run a script; after the `TABLE` segment of a table in `after`, run that table's statements.
+/// Statements whose table the script did not create run at the end.
+pub(super) async fn run_script_with(
+    target: &Client,
+    script: &Script,
+    after: &HashMap<QualifiedName, Vec<(String, String)>>,
+) -> Result<()> {
+    let mut pending: HashSet<&QualifiedName> = after.keys().collect();
     if !script.preamble.trim().is_empty() {
         target
             .batch_execute(&script.preamble)
@@ -377,6 +402,18 @@ pub(super) async fn run_script(target: &Client, script: &Script) -> Result<()> {
                 ),
             )
         })?;
+        if s.desc == "TABLE"
+            && let Some(schema) = &s.schema
+        {
+            let name = QualifiedName::new(schema.clone(), s.name.clone());
+            if let Some(steps) = after.get(&name) {
+                pending.remove(&name);
+                super::rules::run_labelled(target, steps).await?;
+            }
+        }
+    }
+    for name in pending {
+        super::rules::run_labelled(target, &after[name]).await?;
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ pub(super) async fn check_existing_targets(
             continue;
         };
         let src = schema.table(t.oid).expect("planned table exists");
-        for c in &t.columns {
+        for (sc, c) in t.columns.iter().zip(&t.target_columns) {
             match tc.get(c) {
                 None => problems.push(format!(
                     "{} has no column {}",
@@ -75,7 +75,7 @@ pub(super) async fn check_existing_targets(
                     t.target, c
                 )),
                 Some((ty, false)) => {
-                    let src_ty = src.column(c).map(|x| x.type_name.as_str()).unwrap_or("");
+                    let src_ty = src.column(sc).map(|x| x.type_name.as_str()).unwrap_or("");
                     if ty != src_ty && t.format == WireFormat::Binary {
                         t.format = WireFormat::Text;
                         t.text_reason = Some(format!(
@@ -109,9 +109,13 @@ pub(super) async fn check_existing_targets(
             "align the target columns with the source, or use table_preparation: drop-and-create",
         ));
     }
-    if prep == TablePreparation::DoNothing && !resume {
+    if !resume {
         let mut non_empty = Vec::new();
-        for t in &plan.tables {
+        for t in plan
+            .tables
+            .iter()
+            .filter(|t| t.preparation == TablePreparation::DoNothing)
+        {
             let has: bool = target
                 .query_one(
                     &format!("SELECT EXISTS (SELECT 1 FROM ONLY {})", t.target.quoted()),
@@ -181,7 +185,15 @@ pub(super) async fn refuse_if_triggers_would_fire(target: &Client, plan: &LoadPl
 
 pub(super) async fn truncate_targets(target: &Client, task: &Task, plan: &LoadPlan) -> Result<()> {
     let started = Instant::now();
-    let list: Vec<String> = plan.tables.iter().map(|t| t.target.quoted()).collect();
+    let list: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| t.preparation == TablePreparation::Truncate)
+        .map(|t| t.target.quoted())
+        .collect();
+    if list.is_empty() {
+        return state::step_done(target, &task.name, "truncate", 0.0).await;
+    }
     in_transaction(target, "emptying the target tables", async {
         target
             .batch_execute(&format!("TRUNCATE ONLY {}", list.join(", ")))

@@ -32,6 +32,7 @@ pub async fn run(task: &Task, out: &Path) -> Result<Converted> {
         )
         .with_hint("PostgreSQL targets get the source's schema as is (pg_dump); use pgtide plan to see what moves"));
     }
+    task.refuse_rules("a MySQL/MariaDB target")?;
     let source = connect(&task.source.url, Side::Source).await?;
     let schema = introspect::introspect(&source).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;

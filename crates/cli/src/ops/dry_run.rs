@@ -23,8 +23,18 @@ pub struct PlannedTableView {
     pub source: String,
     /// Target table.
     pub target: String,
-    /// Columns copied, in order (stored generated columns are computed by the target).
+    /// Columns copied, in order (stored generated columns are computed by the target), with
+    /// their target name and type where a rule changes them: `note -> remark`,
+    /// `amount (type numeric(14,2))`.
     pub columns: Vec<String>,
+    /// Source columns that do not move.
+    pub removed_columns: Vec<String>,
+    /// Row condition and the rule it came from.
+    pub condition: Option<String>,
+    /// `row_identifier_key` and the rule it came from.
+    pub row_identifier_key: Option<String>,
+    /// Preparation of the target table.
+    pub preparation: String,
     /// What identifies a row: `primary key (a, b)`, `replica identity index NAME`, or `none`.
     pub key: String,
     /// What CDC does with the table: `full` (inserts, updates, deletes, truncates),
@@ -67,10 +77,13 @@ pub async fn dry_run(task: &Task) -> Result<PlanView> {
     let source = connect(&task.source.url, Side::Source).await?;
     let schema = introspect::introspect(&source).await?;
     let (load_plan, decisions) = plan::plan(&schema, task)?;
+    // Conditions, identities and column lists judged by the source, as `run` will.
+    let (_, rule_warnings) = crate::rules_check::check(&source, task, &schema, &load_plan).await?;
     let by_oid: HashMap<u32, &pgtide_core::schema::Table> =
         schema.tables.iter().map(|t| (t.oid, t)).collect();
     let cdc = task.mode != Mode::FullLoad;
     let mut warnings = load_plan.warnings.clone();
+    warnings.extend(rule_warnings);
     let mut tables = Vec::new();
     for t in &load_plan.tables {
         let Some(src) = by_oid.get(&t.oid) else {
@@ -115,10 +128,42 @@ pub async fn dry_run(task: &Task) -> Result<PlanView> {
             Some(SplitDecision::Key(c, n)) => format!("key ranges on {c} ({n} chunks)"),
             _ => "whole".to_string(),
         };
+        let m = load_plan.mappings.get(&t.oid);
+        let columns = match m {
+            Some(m) => t
+                .columns
+                .iter()
+                .map(|c| {
+                    let cm = m.columns.iter().find(|x| &x.source == c);
+                    let mut s = pgtide_core::ident::display_ident(c);
+                    if let Some(cm) = cm {
+                        if cm.target != *c {
+                            s.push_str(&format!(
+                                " -> {}",
+                                pgtide_core::ident::display_ident(&cm.target)
+                            ));
+                        }
+                        if let Some(ty) = &cm.target_type {
+                            s.push_str(&format!(" (type {ty})"));
+                        }
+                    }
+                    s
+                })
+                .collect(),
+            None => t.columns.clone(),
+        };
         tables.push(PlannedTableView {
             source: t.source.to_string(),
-            target: t.target.to_string(),
-            columns: t.columns.clone(),
+            target: load_plan.final_target(t.oid, &t.source).to_string(),
+            columns,
+            removed_columns: m.map(|m| m.removed.clone()).unwrap_or_default(),
+            condition: m
+                .and_then(|m| m.condition.as_ref())
+                .map(|(c, o)| format!("{c}   [{o}]")),
+            row_identifier_key: m
+                .and_then(|m| m.row_identifier_key.as_ref())
+                .map(|(k, o)| format!("({})   [{o}]", k.join(", "))),
+            preparation: t.preparation.as_str().to_string(),
             key,
             cdc: cdc_view,
             copy_format: t.format.as_str().to_string(),
@@ -175,6 +220,19 @@ impl PlanView {
                 t.key,
                 t.columns.join(", ")
             ));
+            if !t.removed_columns.is_empty() {
+                out.push_str(&format!(
+                    "    removed columns: {}\n",
+                    t.removed_columns.join(", ")
+                ));
+            }
+            if let Some(c) = &t.condition {
+                out.push_str(&format!("    rows where: {c}\n"));
+            }
+            if let Some(k) = &t.row_identifier_key {
+                out.push_str(&format!("    row identifier key: {k}\n"));
+            }
+            out.push_str(&format!("    target preparation: {}\n", t.preparation));
             if let Some(c) = &t.cdc {
                 out.push_str(&format!("    cdc: {c}\n"));
             }

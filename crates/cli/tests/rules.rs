@@ -1,0 +1,386 @@
+//! Selection settings and transformation rules, end to end on real servers: the full load and
+//! change data capture give the same result (column lists, row conditions with rows moving into
+//! and out of them, renames of schemas, tables and columns, removed and retyped columns,
+//! partitions, case-sensitive names), a DMS table-mapping document gives exactly what the same
+//! rules written natively give, and bad rules stop at plan time naming the rule.
+
+mod common;
+use common::*;
+use pgtide_testkit::{PgOptions, PgServer};
+
+const SCHEMA: &str = r#"
+CREATE SCHEMA sales;
+CREATE TABLE sales.orders (
+    id int PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
+    amount numeric(10,2), note text, secret text, created date);
+CREATE INDEX orders_secret_idx ON sales.orders (secret);
+CREATE INDEX orders_customer_idx ON sales.orders (customer);
+CREATE VIEW sales.order_secrets AS SELECT id, secret FROM sales.orders;
+CREATE VIEW sales.order_amounts AS SELECT id, amount FROM sales.orders;
+ALTER TABLE sales.orders REPLICA IDENTITY FULL;
+INSERT INTO sales.orders
+  SELECT g, 'c' || (g % 17), CASE WHEN g % 5 = 0 THEN 'void' ELSE 'open' END,
+         g * 1.25, 'note ' || g, 'secret ' || g, date '2024-01-01' + g
+  FROM generate_series(1, 3000) g;
+CREATE TABLE public."Table1" (id int PRIMARY KEY, v text);
+CREATE TABLE public."TABLE1" (id int PRIMARY KEY, v text);
+CREATE TABLE public.table1 (id int PRIMARY KEY, v text);
+INSERT INTO public."Table1" VALUES (1, 'mixed');
+INSERT INTO public."TABLE1" VALUES (1, 'upper');
+INSERT INTO public.table1 VALUES (1, 'lower');
+CREATE TABLE public.events (id int PRIMARY KEY, kind text, payload text, internal text) PARTITION BY RANGE (id);
+CREATE TABLE public.events_a PARTITION OF public.events FOR VALUES FROM (0) TO (1000);
+CREATE TABLE public.events_b PARTITION OF public.events FOR VALUES FROM (1000) TO (100000);
+INSERT INTO public.events SELECT g, 'k' || (g % 3), repeat('p', g % 50), 'internal' FROM generate_series(1, 2000) g;
+"#;
+
+/// The rules, written natively.
+const NATIVE: &str = r#"
+tables:
+  include: ["sales.*", 'public."Table1"', public.table1, public.events]
+  settings:
+    - table: sales.orders
+      columns: { exclude: [secret] }
+      where: "status <> 'void'"
+      split_key: id
+      chunks: 3
+    - table: public.events
+      where: "id >= 4"
+      columns: { exclude: [internal] }
+transform:
+  - { schema: sales, rename: crm }
+  - { table: sales.orders, rename: purchase_orders }
+  - { column: sales.orders.note, rename: remark }
+  - { column: sales.orders.amount, type: "numeric(14,2)" }
+  - { table: 'public."Table1"', add_suffix: _Mixed }
+  - { column: public.events.payload, rename: body }
+"#;
+
+/// The same rules as an AWS DMS table-mapping document.
+const DMS: &str = r#"{"rules": [
+  {"rule-type": "selection", "rule-id": "1", "rule-name": "sales", "object-locator": {"schema-name": "sales", "table-name": "%"}, "rule-action": "include",
+   "filters": []},
+  {"rule-type": "selection", "rule-id": "2", "rule-name": "orders", "object-locator": {"schema-name": "sales", "table-name": "orders"}, "rule-action": "include",
+   "filters": [{"filter-type": "source", "column-name": "status", "filter-conditions": [{"filter-operator": "noteq", "value": "void"}]}]},
+  {"rule-type": "selection", "rule-id": "3", "rule-name": "Table1", "object-locator": {"schema-name": "public", "table-name": "Table1"}, "rule-action": "include"},
+  {"rule-type": "selection", "rule-id": "4", "rule-name": "table1", "object-locator": {"schema-name": "public", "table-name": "table1"}, "rule-action": "include"},
+  {"rule-type": "selection", "rule-id": "5", "rule-name": "events", "object-locator": {"schema-name": "public", "table-name": "events"}, "rule-action": "include",
+   "filters": [{"filter-type": "source", "column-name": "id", "filter-conditions": [{"filter-operator": "gte", "value": "4"}]}]},
+  {"rule-type": "transformation", "rule-id": "6", "rule-name": "6", "rule-target": "schema", "object-locator": {"schema-name": "sales"}, "rule-action": "rename", "value": "crm"},
+  {"rule-type": "transformation", "rule-id": "7", "rule-name": "7", "rule-target": "table", "object-locator": {"schema-name": "sales", "table-name": "orders"}, "rule-action": "rename", "value": "purchase_orders"},
+  {"rule-type": "transformation", "rule-id": "8", "rule-name": "8", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "note"}, "rule-action": "rename", "value": "remark"},
+  {"rule-type": "transformation", "rule-id": "9", "rule-name": "9", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "amount"}, "rule-action": "change-data-type", "data-type": {"type": "numeric", "precision": 14, "scale": 2}},
+  {"rule-type": "transformation", "rule-id": "10", "rule-name": "10", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "secret"}, "rule-action": "remove-column"},
+  {"rule-type": "transformation", "rule-id": "11", "rule-name": "11", "rule-target": "table", "object-locator": {"schema-name": "public", "table-name": "Table1"}, "rule-action": "add-suffix", "value": "_Mixed"},
+  {"rule-type": "transformation", "rule-id": "13", "rule-name": "13", "rule-target": "column", "object-locator": {"schema-name": "public", "table-name": "events", "column-name": "internal"}, "rule-action": "remove-column"},
+  {"rule-type": "transformation", "rule-id": "12", "rule-name": "12", "rule-target": "column", "object-locator": {"schema-name": "public", "table-name": "events", "column-name": "payload"}, "rule-action": "rename", "value": "body"}
+]}"#;
+
+fn servers() -> (PgServer, PgServer, tempfile::TempDir) {
+    let source = PgServer::start().unwrap();
+    let target = PgServer::start_with(PgOptions {
+        logical: false,
+        ..Default::default()
+    })
+    .unwrap();
+    source.create_database("src").unwrap();
+    source.psql("src", SCHEMA).unwrap();
+    (source, target, tempfile::tempdir().unwrap())
+}
+
+/// What the target must hold, computed on the source with the rules applied by hand.
+const EXPECTED_ORDERS: &str = "SELECT id, customer, status, amount::numeric(14,2), note, created FROM sales.orders WHERE status <> 'void' ORDER BY id";
+const TARGET_ORDERS: &str =
+    "SELECT id, customer, status, amount, remark, created FROM crm.purchase_orders ORDER BY id";
+const EXPECTED_EVENTS: &str =
+    "SELECT id, kind, payload FROM public.events WHERE id >= 4 ORDER BY id";
+const TARGET_EVENTS: &str = "SELECT id, kind, body FROM public.events ORDER BY id";
+
+fn assert_target_matches(source: &PgServer, target: &PgServer, db: &str) {
+    let want = source.psql("src", EXPECTED_ORDERS).unwrap();
+    let got = target.psql(db, TARGET_ORDERS).unwrap();
+    assert!(!want.is_empty());
+    assert!(
+        want == got,
+        "crm.purchase_orders differs from the filtered source"
+    );
+    let want = source.psql("src", EXPECTED_EVENTS).unwrap();
+    let got = target.psql(db, TARGET_EVENTS).unwrap();
+    assert!(
+        want == got,
+        "public.events differs from the filtered source"
+    );
+    for (src, dst) in [
+        ("public.\"Table1\"", "public.\"Table1_Mixed\""),
+        ("public.table1", "public.table1"),
+    ] {
+        assert_eq!(
+            source
+                .psql("src", &format!("SELECT * FROM {src} ORDER BY id"))
+                .unwrap(),
+            target
+                .psql(db, &format!("SELECT * FROM {dst} ORDER BY id"))
+                .unwrap(),
+            "{dst}"
+        );
+    }
+}
+
+fn assert_target_shape(target: &PgServer, db: &str) {
+    let q = |sql: &str| target.psql(db, sql).unwrap();
+    // Renamed, moved, retyped; the removed column and what used it are not there.
+    assert_eq!(
+        q(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute \
+           WHERE attrelid = 'crm.purchase_orders'::regclass AND attnum > 0 AND NOT attisdropped"
+        ),
+        "id integer, customer text, status text, amount numeric(14,2), remark text, created date"
+    );
+    assert_eq!(q("SELECT to_regclass('sales.orders') IS NULL"), "t");
+    assert_eq!(q("SELECT to_regclass('sales.order_secrets') IS NULL"), "t");
+    assert_eq!(
+        q("SELECT to_regclass('crm.orders_secret_idx') IS NULL"),
+        "t"
+    );
+    assert_eq!(
+        q("SELECT to_regclass('crm.orders_customer_idx') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(q("SELECT to_regclass('crm.orders_pkey') IS NOT NULL"), "t");
+    // The view that survives follows the table to its new name and type.
+    assert_eq!(
+        q("SELECT count(*) FROM sales.order_amounts"),
+        q("SELECT count(*) FROM crm.purchase_orders")
+    );
+    // Case-sensitive names: "TABLE1" was not selected, "Table1" got its suffix, table1 kept.
+    assert_eq!(q("SELECT to_regclass('public.\"TABLE1\"') IS NULL"), "t");
+    assert_eq!(q("SELECT to_regclass('public.\"Table1\"') IS NULL"), "t");
+    assert_eq!(
+        q(
+            "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'public.events_b'::regclass AND attnum > 0 AND NOT attisdropped"
+        ),
+        "id,kind,body"
+    );
+}
+
+#[test]
+fn rules_apply_the_same_in_the_full_load_and_in_cdc() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    let yaml = task_yaml("rl", &source.url("src"), &target.url("dst"), NATIVE)
+        .replace("mode: full-load\n", "mode: full-load-and-cdc\n");
+    let task = task_file(dir.path(), "rl", &yaml);
+
+    // The plan shows the resolved mapping before anything moves.
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    for needle in [
+        "sales.orders -> crm.purchase_orders",
+        "note -> remark",
+        "amount (type numeric(14,2))",
+        "removed columns: secret",
+        "rows where: status <> 'void'   [tables.settings[0]]",
+        "key ranges on id (3 chunks)",
+        "public.\"Table1\" -> public.\"Table1_Mixed\"",
+        "payload -> body",
+    ] {
+        assert!(
+            plan.contains(needle),
+            "missing {needle:?} in the plan:\n{plan}"
+        );
+    }
+    assert!(!plan.contains("TABLE1"), "{plan}");
+
+    // Full load, then stream to the current position.
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    assert_target_shape(&target, "dst");
+    assert_target_matches(&source, &target, "dst");
+    assert_eq!(
+        source
+            .psql("src", "SELECT pg_get_expr(prqual, prrelid) FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid WHERE p.pubname = 'pgtide_rl' AND prrelid = 'public.events_a'::regclass")
+            .unwrap(),
+        "(id >= 4)"
+    );
+    // The removed column never leaves the source: the publication's column list omits it.
+    assert_eq!(
+        source
+            .psql("src", "SELECT attnames::text FROM pg_publication_tables WHERE pubname = 'pgtide_rl' AND tablename = 'events_b'")
+            .unwrap(),
+        "{id,kind,payload}"
+    );
+
+    // Changes: rows moving into and out of the conditions, renamed and removed columns,
+    // a key update that crosses the condition and a partition boundary.
+    source
+        .psql(
+            "src",
+            "INSERT INTO sales.orders VALUES (5001, 'new', 'open', 10.5, 'fresh', 's', '2025-01-01'), \
+                                          (5002, 'new', 'void', 11.5, 'voided', 's', '2025-01-01'); \
+             UPDATE sales.orders SET status = 'void' WHERE id IN (1, 2, 3); \
+             UPDATE sales.orders SET status = 'open', note = 'back' WHERE id IN (5, 10, 5002); \
+             UPDATE sales.orders SET note = 'renamed column' WHERE id = 7; \
+             UPDATE sales.orders SET secret = 'never leaves' WHERE id = 8; \
+             UPDATE sales.orders SET amount = amount + 1000 WHERE id % 7 = 0; \
+             DELETE FROM sales.orders WHERE id IN (4, 15); \
+             INSERT INTO public.events VALUES (0, 'x', 'below'), (3000, 'y', 'above'); \
+             UPDATE public.events SET id = 5000 WHERE id = 1; \
+             DELETE FROM public.events WHERE id = 3; UPDATE public.events SET id = 3 WHERE id = 999; \
+             UPDATE public.events SET payload = 'changed' WHERE id BETWEEN 10 AND 20; \
+             UPDATE public.events SET internal = 'secret' WHERE id BETWEEN 30 AND 40; \
+             INSERT INTO public.\"Table1\" VALUES (2, 'more'); INSERT INTO public.\"TABLE1\" VALUES (2, 'not moved'); \
+             INSERT INTO public.table1 VALUES (2, 'more')",
+        )
+        .unwrap();
+    let end = current_lsn(&source, "src");
+    let out = run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    assert!(out.contains("stopped at end LSN"), "{out}");
+    assert_target_matches(&source, &target, "dst");
+    assert_eq!(
+        target
+            .psql(
+                "dst",
+                "SELECT remark FROM crm.purchase_orders WHERE id = 5002"
+            )
+            .unwrap(),
+        "back"
+    );
+    assert_eq!(
+        target
+            .psql(
+                "dst",
+                "SELECT count(*) FROM public.events WHERE id IN (5000, 3)"
+            )
+            .unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn a_dms_table_mapping_gives_what_the_native_rules_give() {
+    let (source, target, dir) = servers();
+    target.create_database("native").unwrap();
+    target.create_database("dms").unwrap();
+    std::fs::write(dir.path().join("mapping.json"), DMS).unwrap();
+    let native = task_file(
+        dir.path(),
+        "nat",
+        &task_yaml("nat", &source.url("src"), &target.url("native"), NATIVE),
+    );
+    let dms = task_file(
+        dir.path(),
+        "dms",
+        &task_yaml(
+            "dms",
+            &source.url("src"),
+            &target.url("dms"),
+            "dms_table_mapping: mapping.json\n",
+        ),
+    );
+    run_ok(&native);
+    run_ok(&dms);
+    assert_target_shape(&target, "native");
+    assert_target_shape(&target, "dms");
+    assert_target_matches(&source, &target, "native");
+    assert_target_matches(&source, &target, "dms");
+    // Every user table and column, byte for byte.
+    let everything = "SELECT string_agg(format('%s.%s(%s)', n.nspname, c.relname, \
+         (SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod), ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)), ' ' ORDER BY n.nspname, c.relname) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname IN ('public', 'sales', 'crm') AND c.relkind IN ('r', 'p', 'v', 'i')";
+    assert_eq!(
+        target.psql("native", everything).unwrap(),
+        target.psql("dms", everything).unwrap()
+    );
+}
+
+#[test]
+fn bad_rules_stop_at_plan_time_naming_the_rule() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "c1",
+            "tables:\n  settings:\n    - { table: sales.orders, where: \"status <> \" }\n",
+            &["tables.settings[0]", "not accepted by the source"],
+        ),
+        (
+            "c2",
+            "tables:\n  settings:\n    - { table: sales.orders, where: \"nope > 1\" }\n",
+            &["tables.settings[0]", "nope"],
+        ),
+        (
+            "c3",
+            "transform:\n  - { table: public.table1, rename: '\"Table1\"' }\n",
+            &["same target table", "public.table1"],
+        ),
+        (
+            "c4",
+            "transform:\n  - { table: \"sales.*\", rename: a }\n  - { table: sales.orders, rename: b }\n",
+            &["transform[0]", "transform[1]", "contradict"],
+        ),
+        (
+            "c5",
+            "transform:\n  - { table: public.nothing_here, rename: a }\n",
+            &["transform[0]", "matches no selected table"],
+        ),
+        (
+            "c6",
+            "tables:\n  settings:\n    - { table: sales.orders, columns: { include: [id, missing] } }\n",
+            &["tables.settings[0]", "missing", "customer"],
+        ),
+    ];
+    for (name, rules, needles) in cases {
+        let task = task_file(
+            dir.path(),
+            name,
+            &task_yaml(name, &source.url("src"), &target.url("dst"), rules),
+        );
+        let (code, err) = run_err_args(&["plan", task.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        for n in *needles {
+            assert!(err.contains(n), "{name}: missing {n:?} in:\n{err}");
+        }
+        // And `run` stops before anything is written.
+        run_err(&task);
+        assert_eq!(
+            target
+                .psql("dst", "SELECT count(*) FROM pg_tables WHERE schemaname <> 'pg_catalog' AND schemaname <> 'information_schema'")
+                .unwrap(),
+            "0",
+            "{name}: something was written"
+        );
+    }
+
+    // In CDC, a condition on a column outside the replica identity would break the source's
+    // UPDATEs: refused with the fix.
+    source
+        .psql("src", "ALTER TABLE sales.orders REPLICA IDENTITY DEFAULT")
+        .unwrap();
+    let yaml = task_yaml(
+        "c7",
+        &source.url("src"),
+        &target.url("dst"),
+        "tables:\n  include: [sales.orders]\n  settings:\n    - { table: sales.orders, where: \"status <> 'void'\" }\n",
+    )
+    .replace("mode: full-load\n", "mode: cdc\n");
+    let task = task_file(dir.path(), "c7", &yaml);
+    let (_, err) = run_err(&task);
+    for n in [
+        "tables.settings[0]",
+        "status",
+        "replica identity",
+        "REPLICA IDENTITY FULL",
+    ] {
+        assert!(err.contains(n), "missing {n:?} in:\n{err}");
+    }
+    assert_eq!(
+        source
+            .psql("src", "SELECT count(*) FROM pg_publication")
+            .unwrap(),
+        "0"
+    );
+    // The source's application keeps working.
+    source
+        .psql("src", "UPDATE sales.orders SET status = 'x' WHERE id = 1")
+        .unwrap();
+}
