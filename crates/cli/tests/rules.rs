@@ -384,3 +384,48 @@ fn bad_rules_stop_at_plan_time_naming_the_rule() {
         .psql("src", "UPDATE sales.orders SET status = 'x' WHERE id = 1")
         .unwrap();
 }
+
+#[test]
+fn a_row_identifier_key_applies_updates_and_deletes_of_a_table_without_a_key() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    source
+        .psql(
+            "src",
+            "CREATE TABLE public.lines (order_id int NOT NULL, line_no int NOT NULL, qty int, doc json); \
+             ALTER TABLE public.lines REPLICA IDENTITY FULL; \
+             INSERT INTO public.lines SELECT g / 10, g % 10, g, json_build_object('g', g) FROM generate_series(1, 500) g;",
+        )
+        .unwrap();
+    let yaml = task_yaml(
+        "rk",
+        &source.url("src"),
+        &target.url("dst"),
+        "tables:\n  include: [public.lines]\n  settings:\n    - { table: public.lines, row_identifier_key: [order_id, line_no] }\n",
+    )
+    .replace("mode: full-load\n", "mode: full-load-and-cdc\n");
+    let task = task_file(dir.path(), "rk", &yaml);
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    assert!(
+        plan.contains("row identifier key: (order_id, line_no)   [tables.settings[0]]"),
+        "{plan}"
+    );
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    source
+        .psql(
+            "src",
+            "UPDATE public.lines SET qty = qty * 2, doc = '{\"changed\": true}' WHERE order_id = 3; \
+             UPDATE public.lines SET line_no = line_no + 100 WHERE order_id = 4; \
+             DELETE FROM public.lines WHERE order_id = 5; \
+             INSERT INTO public.lines VALUES (99, 1, 1, NULL)",
+        )
+        .unwrap();
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    let q = "SELECT order_id, line_no, qty, doc::text FROM public.lines ORDER BY 1, 2";
+    assert_eq!(
+        source.psql("src", q).unwrap(),
+        target.psql("dst", q).unwrap()
+    );
+}

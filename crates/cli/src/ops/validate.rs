@@ -250,7 +250,14 @@ impl Validation {
 struct Job {
     source: QualifiedName,
     target: QualifiedName,
+    /// Compared columns (source names).
     columns: Vec<String>,
+    /// Their names on the target.
+    target_columns: Vec<String>,
+    /// The target type of a column a rule retypes (the source value is cast to it).
+    casts: Vec<Option<String>>,
+    /// The task's row condition on the source.
+    condition: Option<String>,
     key: Vec<String>,
     /// Columns the target computes itself (not inserted by a repair).
     generated: Vec<String>,
@@ -265,73 +272,115 @@ struct Job {
 }
 
 impl Job {
-    /// The rows of `table` alone: `ONLY`, so inheritance children are not read twice, except
-    /// for a partitioned target, whose rows all live in its partitions.
-    fn relation(&self, table: &QualifiedName) -> String {
-        if self.target_partitioned && table == &self.target {
-            table.quoted()
+    /// The rows of one side's table: `ONLY`, so inheritance children are not read twice,
+    /// except for a partitioned target, whose rows all live in its partitions. On the source,
+    /// only the rows the task's row condition selects.
+    fn relation(&self, target: bool) -> String {
+        if target {
+            if self.target_partitioned {
+                self.target.quoted()
+            } else {
+                format!("ONLY {}", self.target.quoted())
+            }
         } else {
-            format!("ONLY {}", table.quoted())
+            match &self.condition {
+                // Checked at plan time to be one closed expression the source accepts.
+                Some(c) => format!(
+                    "(SELECT * FROM ONLY {} WHERE ({c})) AS source_rows",
+                    self.source.quoted()
+                ),
+                None => format!("ONLY {}", self.source.quoted()),
+            }
         }
     }
 
-    fn row_text(&self) -> String {
+    /// The compared columns as SQL on one side: target names on the target; source names on
+    /// the source, cast to the target type where a rule changes it.
+    fn column_exprs(&self, target: bool) -> Vec<String> {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if target {
+                    quote_ident(&self.target_columns[i])
+                } else {
+                    match &self.casts[i] {
+                        Some(ty) => format!("{}::{ty}", quote_ident(c)),
+                        None => quote_ident(c),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn key_exprs(&self, target: bool) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|k| {
+                let i = self.columns.iter().position(|c| c == k);
+                match i {
+                    Some(i) => self.column_exprs(target).swap_remove(i),
+                    None => quote_ident(k),
+                }
+            })
+            .collect()
+    }
+
+    fn row_text(&self, target: bool) -> String {
         if self.columns.is_empty() {
             return "''".into();
         }
-        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        format!("ROW({})::text", cols.join(", "))
+        format!("ROW({})::text", self.column_exprs(target).join(", "))
     }
 
-    fn key_text(&self) -> String {
+    fn key_text(&self, target: bool) -> String {
         if self.key.is_empty() {
-            return self.row_text();
+            return self.row_text(target);
         }
-        let cols: Vec<String> = self.key.iter().map(|c| quote_ident(c)).collect();
-        format!("ROW({})::text", cols.join(", "))
+        format!("ROW({})::text", self.key_exprs(target).join(", "))
     }
 
-    fn bucket_expr(&self) -> String {
+    fn bucket_expr(&self, target: bool) -> String {
         if self.integer_key {
             return format!(
                 "(({})::int8 & {})::int4",
-                quote_ident(&self.key[0]),
+                self.key_exprs(target)[0],
                 BUCKETS - 1
             );
         }
         format!(
             "(('x' || substr(md5(convert_to({}, 'UTF8')), 1, 8))::bit(32)::int4 & {})",
-            self.key_text(),
+            self.key_text(target),
             BUCKETS - 1
         )
     }
 
-    fn hash_expr(&self) -> String {
+    fn hash_expr(&self, target: bool) -> String {
         format!(
             "('x' || substr(md5(convert_to({}, 'UTF8')), 1, 16))::bit(64)::int8::numeric",
-            self.row_text()
+            self.row_text(target)
         )
     }
 
     /// Count and checksum per bucket (only `buckets` when given).
-    fn bucket_sql(&self, table: &QualifiedName, filtered: bool) -> String {
+    fn bucket_sql(&self, target: bool, filtered: bool) -> String {
         format!(
             "SELECT b, count(*), sum(h)::text FROM (SELECT {} AS b, {} AS h FROM {}) s {} GROUP BY b",
-            self.bucket_expr(),
-            self.hash_expr(),
-            self.relation(table),
+            self.bucket_expr(target),
+            self.hash_expr(target),
+            self.relation(target),
             if filtered { "WHERE b = ANY($1)" } else { "" }
         )
     }
 
     /// Key text and row hash of the rows in `buckets`.
-    fn rows_sql(&self, table: &QualifiedName) -> String {
+    fn rows_sql(&self, target: bool) -> String {
         format!(
             "SELECT k, md5(convert_to(r, 'UTF8')) FROM (SELECT {} AS b, {} AS k, {} AS r FROM {}) s WHERE b = ANY($1)",
-            self.bucket_expr(),
-            self.key_text(),
-            self.row_text(),
-            self.relation(table)
+            self.bucket_expr(target),
+            self.key_text(target),
+            self.row_text(target),
+            self.relation(target)
         )
     }
 }
@@ -385,6 +434,34 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
         if columns.is_empty() {
             columns = t.columns.clone();
         }
+        // The task's rules: removed columns are not compared, renamed ones are compared under
+        // their target name, retyped ones after a cast to the target type.
+        let mapping = load_plan.mappings.get(&t.oid);
+        if let Some(m) = mapping {
+            columns.retain(|c| !m.removed.contains(c));
+        }
+        let target_columns: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                mapping
+                    .and_then(|m| m.target_column(c))
+                    .unwrap_or(c)
+                    .to_string()
+            })
+            .collect();
+        let casts: Vec<Option<String>> = columns
+            .iter()
+            .map(|c| {
+                mapping
+                    .and_then(|m| m.columns.iter().find(|x| &x.source == c))
+                    .and_then(|x| x.target_type.clone())
+            })
+            .collect();
+        let key = if key.iter().all(|k| columns.contains(k)) {
+            key
+        } else {
+            Vec::new()
+        };
         let integer_key = key.len() == 1
             && by_oid
                 .get(&t.oid)
@@ -392,8 +469,11 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
                 .is_some_and(|c| matches!(c.type_name.as_str(), "smallint" | "integer" | "bigint"));
         jobs.push(Job {
             source: t.source.clone(),
-            target: t.target.clone(),
+            target: load_plan.final_target(t.oid, &t.source),
             columns,
+            target_columns,
+            casts,
+            condition: t.condition.clone(),
             key,
             integer_key,
             target_partitioned: false,
@@ -619,8 +699,8 @@ async fn whole(
 ) -> Result<(i64, String)> {
     let sql = format!(
         "SELECT count(*), coalesce(sum({}), 0)::text FROM {}",
-        job.hash_expr(),
-        job.relation(table)
+        job.hash_expr(side == Side::Target),
+        job.relation(side == Side::Target)
     );
     let row = client
         .query_one(&sql, &[])
@@ -636,7 +716,7 @@ async fn buckets(
     only: Option<&[i32]>,
     side: Side,
 ) -> Result<Buckets> {
-    let sql = job.bucket_sql(table, only.is_some());
+    let sql = job.bucket_sql(side == Side::Target, only.is_some());
     let rows = match only {
         Some(b) => client.query(&sql, &[&b]).await,
         None => client.query(&sql, &[]).await,
@@ -822,7 +902,7 @@ async fn read_rows(
     side: Side,
 ) -> Result<BTreeMap<String, Vec<String>>> {
     let rows = client
-        .query(&job.rows_sql(table), &[&buckets])
+        .query(&job.rows_sql(side == Side::Target), &[&buckets])
         .await
         .map_err(|e| {
             classify(
@@ -952,29 +1032,30 @@ async fn repair(
     keys: &[String],
     diff: &[i32],
 ) -> Result<Option<(u64, u64)>> {
-    let cols: Vec<&String> = job
+    // (source expression, target name, source name) of the columns a repair writes.
+    let exprs = job.column_exprs(false);
+    let cols: Vec<(&String, &String, &String)> = job
         .columns
         .iter()
-        .filter(|c| !job.generated.contains(c))
+        .enumerate()
+        .filter(|(_, c)| !job.generated.contains(c))
+        .map(|(i, c)| (&exprs[i], &job.target_columns[i], c))
         .collect();
-    let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-    let values: Vec<String> = cols
-        .iter()
-        .map(|c| format!("{}::text", quote_ident(c)))
-        .collect();
+    let names: Vec<String> = cols.iter().map(|(_, t, _)| t.to_string()).collect();
+    let values: Vec<String> = cols.iter().map(|(e, _, _)| format!("{e}::text")).collect();
     let read = format!(
-        "SELECT json_object($2::text[], ARRAY[{}]::text[])::text FROM ONLY {} WHERE {} = ANY($1)",
+        "SELECT json_object($2::text[], ARRAY[{}]::text[])::text FROM {} WHERE {} = ANY($1)",
         values.join(", "),
-        job.source.quoted(),
-        job.key_text()
+        job.relation(false),
+        job.key_text(false)
     );
     let select: Vec<String> = cols
         .iter()
-        .map(|c| match job.json.iter().find(|(n, _)| n == *c) {
+        .map(|(_, t, c)| match job.json.iter().find(|(n, _)| n == *c) {
             // json_populate_record would store the text as a JSON string; the text is the
             // document itself.
-            Some((_, ty)) => format!("(j.v ->> {})::{ty}", pgtide_core::ident::quote_literal(c)),
-            None => format!("r.{}", quote_ident(c)),
+            Some((_, ty)) => format!("(j.v ->> {})::{ty}", pgtide_core::ident::quote_literal(t)),
+            None => format!("r.{}", quote_ident(t)),
         })
         .collect();
     let write = format!(
@@ -982,15 +1063,15 @@ async fn repair(
         t = job.target.quoted(),
         cols = cols
             .iter()
-            .map(|c| quote_ident(c))
+            .map(|(_, t, _)| quote_ident(t))
             .collect::<Vec<_>>()
             .join(", "),
         select = select.join(", ")
     );
     let delete = format!(
         "DELETE FROM {} WHERE {} = ANY($1)",
-        job.relation(&job.target),
-        job.key_text()
+        job.relation(true),
+        job.key_text(true)
     );
     let err_t = |e| classify(e, &format!("repairing {} on the target", job.target));
     dst.batch_execute("SET session_replication_role = replica; BEGIN")
