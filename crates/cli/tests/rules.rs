@@ -429,3 +429,79 @@ fn a_row_identifier_key_applies_updates_and_deletes_of_a_table_without_a_key() {
         target.psql("dst", q).unwrap()
     );
 }
+
+#[test]
+fn existing_targets_take_column_lists_name_actions_and_per_table_preparation() {
+    let source = PgServer::start().unwrap();
+    let target = PgServer::start_with(PgOptions {
+        logical: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    source.create_database("src").unwrap();
+    target.create_database("dst").unwrap();
+    source
+        .psql(
+            "src",
+            "CREATE TABLE public.a (id int PRIMARY KEY, v text, w text); \
+             CREATE TABLE public.\"Mixed\" (id int PRIMARY KEY, v text); \
+             CREATE TABLE public.tbl_old (id int PRIMARY KEY, v text); \
+             INSERT INTO public.a SELECT g, 'v' || g, 'w' || g FROM generate_series(1, 100) g; \
+             INSERT INTO public.\"Mixed\" VALUES (1, 'm'); INSERT INTO public.tbl_old VALUES (1, 'o');",
+        )
+        .unwrap();
+    // The target tables exist with the final names: x_a gets only (id, "V"), keeps its own w;
+    // mixed is emptied first (truncate); x_a must be empty (do-nothing).
+    target
+        .psql(
+            "dst",
+            "CREATE TABLE public.x_a (id int PRIMARY KEY, \"V\" text, w text DEFAULT 'target'); \
+             CREATE TABLE public.mixed (id int PRIMARY KEY, v text); INSERT INTO public.mixed VALUES (9, 'stale'); \
+             CREATE TABLE public.t_old (id int PRIMARY KEY, v text);",
+        )
+        .unwrap();
+    let rules = [
+        "full_load: { table_preparation: truncate }",
+        "tables:",
+        "  settings:",
+        "    - { table: public.a, columns: { include: [id, v] }, preparation: do-nothing }",
+        "transform:",
+        "  - { table: \"public.tbl_*\", replace_prefix: { from: tbl_, to: t_ } }",
+        "  - { table: 'public.\"Mixed\"', case: lower }",
+        "  - { table: public.a, add_prefix: x_ }",
+        "  - { column: public.a.v, case: upper }",
+        "",
+    ]
+    .join("\n");
+    let rules = rules.as_str();
+    let task = task_file(
+        dir.path(),
+        "ex",
+        &task_yaml("ex", &source.url("src"), &target.url("dst"), rules),
+    );
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    for needle in [
+        "public.a -> public.x_a",
+        "v -> \"V\"",
+        "removed columns: w",
+        "target preparation: do-nothing",
+        "public.\"Mixed\" -> public.mixed",
+        "public.tbl_old -> public.t_old",
+    ] {
+        assert!(plan.contains(needle), "missing {needle:?} in:\n{plan}");
+    }
+    run_ok(&task);
+    let q = |sql: &str| target.psql("dst", sql).unwrap();
+    assert_eq!(
+        q(
+            "SELECT count(*), count(*) FILTER (WHERE \"V\" = 'v' || id AND w = 'target') FROM public.x_a"
+        ),
+        "100|100"
+    );
+    assert_eq!(q("SELECT string_agg(id || v, ',') FROM public.mixed"), "1m");
+    assert_eq!(q("SELECT string_agg(id || v, ',') FROM public.t_old"), "1o");
+    // do-nothing refuses a target that already holds rows.
+    let (_, err) = run_err(&task);
+    assert!(err.contains("public.x_a"), "{err}");
+}
