@@ -424,18 +424,18 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
         }
     }
 
-    // Roots and ordinary tables by their own names; partitions follow their parent.
+    // Roots and ordinary tables by their own names; partitions follow their parent, or are
+    // named by an include pattern themselves (then their partitioned table is created for them,
+    // with only the named partitions).
     let by_oid: HashMap<u32, &Table> = schema.tables.iter().map(|t| (t.oid, t)).collect();
     let mut selected: HashSet<u32> = HashSet::new();
     fn is_selected(t: &Table, by_oid: &HashMap<u32, &Table>, task: &Task, depth: u32) -> bool {
         match t.partition_of.and_then(|p| by_oid.get(&p)) {
             Some(parent) if depth < 64 => {
-                is_selected(parent, by_oid, task, depth + 1)
-                    && !task
-                        .tables
-                        .exclude
-                        .iter()
-                        .any(|p| p.matches(&t.name.schema, &t.name.name))
+                let (schema, name) = (&t.name.schema, &t.name.name);
+                let excluded = task.tables.exclude.iter().any(|p| p.matches(schema, name));
+                let named = task.tables.include.iter().any(|p| p.matches(schema, name));
+                !excluded && (named || is_selected(parent, by_oid, task, depth + 1))
             }
             _ => task.tables.selects(&t.name.schema, &t.name.name),
         }
@@ -443,6 +443,32 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
     for t in &schema.tables {
         if is_selected(t, &by_oid, task, 0) {
             selected.insert(t.oid);
+        }
+    }
+    // Partitioned tables above partitions selected by name.
+    let mut structure: Vec<u32> = Vec::new();
+    for t in &schema.tables {
+        if !selected.contains(&t.oid) {
+            continue;
+        }
+        let mut cur = t.partition_of;
+        let mut depth = 0;
+        while let Some(p) = cur
+            && depth < 64
+        {
+            if selected.insert(p) {
+                structure.push(p);
+            }
+            cur = by_oid.get(&p).and_then(|x| x.partition_of);
+            depth += 1;
+        }
+    }
+    for oid in structure {
+        if let Some(t) = by_oid.get(&oid) {
+            warnings.push(format!(
+                "{} is created on the target for the partitions selected by name; its other partitions are not moved",
+                t.name
+            ));
         }
     }
     if selected.is_empty() {

@@ -505,3 +505,52 @@ fn existing_targets_take_column_lists_name_actions_and_per_table_preparation() {
     let (_, err) = run_err(&task);
     assert!(err.contains("public.x_a"), "{err}");
 }
+
+#[test]
+fn a_partition_selected_by_name_moves_alone_under_its_partitioned_table() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    let yaml = task_yaml(
+        "pl",
+        &source.url("src"),
+        &target.url("dst"),
+        "tables: { include: [public.events_b] }\n",
+    )
+    .replace("mode: full-load\n", "mode: full-load-and-cdc\n");
+    let task = task_file(dir.path(), "pl", &yaml);
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    assert!(
+        plan.contains("public.events is created on the target for the partitions selected by name"),
+        "{plan}"
+    );
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    source
+        .psql(
+            "src",
+            "INSERT INTO public.events VALUES (0, 'a', 'to events_a'), (7000, 'b', 'to events_b'); \
+             UPDATE public.events SET kind = 'changed' WHERE id BETWEEN 1500 AND 1510",
+        )
+        .unwrap();
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    let q = "SELECT id, kind, payload, internal FROM public.events_b ORDER BY id";
+    assert_eq!(
+        source.psql("src", q).unwrap(),
+        target.psql("dst", q).unwrap()
+    );
+    assert_eq!(
+        target
+            .psql(
+                "dst",
+                "SELECT to_regclass('public.events_a') IS NULL, count(*) FROM public.events"
+            )
+            .unwrap(),
+        format!(
+            "t|{}",
+            source
+                .psql("src", "SELECT count(*) FROM public.events_b")
+                .unwrap()
+        )
+    );
+}
