@@ -102,6 +102,8 @@ pub struct PlannedTable {
     pub bytes: u64,
     /// Estimated rows (for progress).
     pub estimated_rows: u64,
+    /// A view whose rows are copied into a table (`tables.views`).
+    pub view: bool,
 }
 
 /// The selected tables and what goes with them.
@@ -471,7 +473,54 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
             ));
         }
     }
-    if selected.is_empty() {
+    // Views copied as tables (full load only).
+    let mut view_tables: Vec<&pgtide_core::schema::View> = Vec::new();
+    for (i, p) in task.views_as_tables.iter().enumerate() {
+        let before = view_tables.len();
+        for v in schema
+            .views
+            .iter()
+            .filter(|v| p.matches(&v.name.schema, &v.name.name))
+        {
+            if !view_tables.iter().any(|x| x.oid == v.oid) {
+                view_tables.push(v);
+            }
+        }
+        if view_tables.len() == before
+            && !schema
+                .views
+                .iter()
+                .any(|v| p.matches(&v.name.schema, &v.name.name))
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("tables.views[{i}]: pattern {p} matches no view in the source"),
+            )
+            .with_hint("check the spelling and the quoting: unquoted names fold to lower case, \"Quoted\" names match exactly"));
+        }
+    }
+    if !view_tables.is_empty() && task.mode != Mode::FullLoad {
+        let names: Vec<String> = view_tables.iter().map(|v| v.name.to_string()).collect();
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "views copied as tables have no changes to stream (a view writes no WAL of its own): {}",
+                names.join(", ")
+            ),
+        )
+        .with_hint("copy them in a separate task with mode: full-load (run it again at cutover), or select the tables they read"));
+    }
+    if let Some(v) = view_tables.iter().find(|v| {
+        selected
+            .iter()
+            .any(|o| by_oid.get(o).is_some_and(|t| t.name == v.name))
+    }) {
+        return Err(Error::config(format!(
+            "{} is selected both as a view and as a table",
+            v.name
+        )));
+    }
+    if selected.is_empty() && view_tables.is_empty() {
         return Err(Error::new(
             ErrorKind::NotFound,
             "the table selection matches no table in the source",
@@ -519,6 +568,10 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
         .filter(|s| !sel.may_select_schema(s) && !needed_schemas.contains(*s))
         .cloned()
         .collect();
+    // A view copied as a table is not created as a view; views that read it are left out.
+    for v in &view_tables {
+        excluded_rel.insert(v.oid);
+    }
     // Views that read excluded relations (transitively) are left out too, with a warning.
     loop {
         let mut changed = false;
@@ -540,9 +593,18 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
                             .map(|x| x.name.to_string())
                     })
                     .unwrap_or_else(|| dep.to_string());
+                let why = if view_tables.iter().any(|x| x.oid == *dep) {
+                    "which is copied as a table"
+                } else {
+                    "which is not selected"
+                };
                 warnings.push(format!(
-                    "{} {} is not created on the target: it reads {dep_name}, which is not selected",
-                    if v.materialized { "materialized view" } else { "view" },
+                    "{} {} is not created on the target: it reads {dep_name}, {why}",
+                    if v.materialized {
+                        "materialized view"
+                    } else {
+                        "view"
+                    },
                     v.name
                 ));
             }
@@ -665,10 +727,45 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
             text_reason,
             split,
             chunks,
+            view: false,
             bytes: t.total_bytes,
             estimated_rows: m
                 .row_count_estimate
                 .unwrap_or(t.estimated_rows.max(0) as u64),
+        });
+    }
+    for v in &view_tables {
+        let columns: Vec<String> = v.columns.iter().map(|c| c.name.clone()).collect();
+        let (format, text_reason) = if task.full_load.copy_format == CopyFormat::Text {
+            (WireFormat::Text, Some("copy_format: text".to_string()))
+        } else {
+            v.columns
+                .iter()
+                .find_map(|c| {
+                    schema
+                        .binary_copy_obstacle(c.type_oid)
+                        .map(|why| (WireFormat::Text, Some(format!("column {}: {why}", c.name))))
+                })
+                .unwrap_or((WireFormat::Binary, None))
+        };
+        tables.push(PlannedTable {
+            oid: v.oid,
+            source: v.name.clone(),
+            target: v.name.clone(),
+            target_columns: columns.clone(),
+            condition: None,
+            preparation: task.full_load.table_preparation,
+            columns,
+            format,
+            text_reason,
+            split: Split::None,
+            chunks: vec![ChunkRange {
+                start: None,
+                end: None,
+            }],
+            bytes: 0,
+            estimated_rows: 0,
+            view: true,
         });
     }
     tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.source.cmp(&b.source)));

@@ -554,3 +554,101 @@ fn a_partition_selected_by_name_moves_alone_under_its_partitioned_table() {
         )
     );
 }
+
+#[test]
+fn views_are_copied_as_tables_in_a_full_load() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    target.create_database("dms").unwrap();
+    source
+        .psql(
+            "src",
+            "CREATE TYPE public.mood AS ENUM ('sad', 'happy'); \
+             CREATE VIEW public.\"Order Report\" AS SELECT o.id, o.amount * 2 AS doubled, \
+                 CASE WHEN o.id % 2 = 0 THEN 'happy'::public.mood ELSE 'sad' END AS mood, o.created \
+               FROM sales.orders o WHERE o.status = 'open'; \
+             CREATE VIEW public.report_top AS SELECT * FROM public.\"Order Report\" WHERE id < 10; \
+             CREATE MATERIALIZED VIEW public.kinds AS SELECT kind, count(*) AS n FROM public.events GROUP BY kind;",
+        )
+        .unwrap();
+    let rules =
+        "tables:\n  include: [public.table1]\n  views: ['public.\"Order Report\"', public.kinds]\n";
+    let task = task_file(
+        dir.path(),
+        "vw",
+        &task_yaml("vw", &source.url("src"), &target.url("dst"), rules),
+    );
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    assert!(
+        plan.contains("public.\"Order Report\" (view) -> public.\"Order Report\" (table)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("view public.report_top is not created on the target: it reads public.\"Order Report\", which is copied as a table"),
+        "{plan}"
+    );
+    run_ok(&task);
+    let q = "SELECT * FROM public.\"Order Report\" ORDER BY id";
+    let want = source.psql("src", q).unwrap();
+    assert!(!want.is_empty());
+    assert_eq!(want, target.psql("dst", q).unwrap());
+    let q = "SELECT * FROM public.kinds ORDER BY kind";
+    assert_eq!(
+        source.psql("src", q).unwrap(),
+        target.psql("dst", q).unwrap()
+    );
+    assert_eq!(
+        target
+            .psql("dst", "SELECT string_agg(relkind::text, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('Order Report', 'kinds')")
+            .unwrap(),
+        "r,r"
+    );
+    assert_eq!(
+        target
+            .psql("dst", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.\"Order Report\"'::regclass AND attname = 'mood'")
+            .unwrap(),
+        "mood"
+    );
+    let out = run_ok_args(&["validate", task.to_str().unwrap()]);
+    assert!(out.contains("3/3 tables equal"), "{out}");
+
+    // The same through a DMS selection with table-type view.
+    std::fs::write(
+        dir.path().join("views.json"),
+        r#"{"rules": [
+          {"rule-type": "selection", "rule-id": "1", "rule-name": "t", "object-locator": {"schema-name": "public", "table-name": "table1"}, "rule-action": "include"},
+          {"rule-type": "selection", "rule-id": "2", "rule-name": "v", "object-locator": {"schema-name": "public", "table-name": "Order Report", "table-type": "view"}, "rule-action": "include"},
+          {"rule-type": "selection", "rule-id": "3", "rule-name": "m", "object-locator": {"schema-name": "public", "table-name": "kinds", "table-type": "view"}, "rule-action": "include"}
+        ]}"#,
+    )
+    .unwrap();
+    let dms = task_file(
+        dir.path(),
+        "vd",
+        &task_yaml(
+            "vd",
+            &source.url("src"),
+            &target.url("dms"),
+            "dms_table_mapping: views.json\n",
+        ),
+    );
+    run_ok(&dms);
+    let q = "SELECT * FROM public.\"Order Report\" ORDER BY id";
+    assert_eq!(
+        target.psql("dst", q).unwrap(),
+        target.psql("dms", q).unwrap()
+    );
+
+    // A view has no changes to stream: refused in CDC modes, naming it.
+    let cdc = task_file(
+        dir.path(),
+        "vc",
+        &task_yaml("vc", &source.url("src"), &target.url("dst"), rules)
+            .replace("mode: full-load\n", "mode: full-load-and-cdc\n"),
+    );
+    let (_, err) = run_err(&cdc);
+    assert!(
+        err.contains("no changes to stream") && err.contains("public.\"Order Report\""),
+        "{err}"
+    );
+}

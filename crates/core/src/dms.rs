@@ -17,7 +17,9 @@
 //!   `remove-suffix`, `replace-suffix`, `convert-lowercase`, `convert-uppercase` on schemas,
 //!   tables and columns; `remove-column`; `change-data-type` with the DMS type names below.
 //!
-//! Anything else (tablespaces, `add-column` expressions, `define-primary-key`, views,
+//! - `table-type: view` selects views copied as tables (`all`: tables and views).
+//!
+//! Anything else (tablespaces, `add-column` expressions, `define-primary-key`,
 //! table-settings rules, LOB settings...) cannot be honoured and is an error that names the
 //! rule: never silently ignored.
 
@@ -34,6 +36,8 @@ pub struct DmsRules {
     pub include: Vec<TablePattern>,
     /// Exclude patterns.
     pub exclude: Vec<TablePattern>,
+    /// Views copied as tables (`table-type` `view`, or `all`).
+    pub views: Vec<TablePattern>,
     /// Row conditions from selection filters.
     pub settings: Vec<TableSettings>,
     /// Transformation rules.
@@ -231,13 +235,12 @@ pub fn parse(text: &str) -> Result<DmsRules> {
         };
         match field(rule, "rule-type") {
             Some("selection") => {
-                if let Some(t) = field(&loc, "table-type")
-                    && t != "table"
-                {
+                let table_type = field(&loc, "table-type").unwrap_or("table");
+                if !matches!(table_type, "table" | "view" | "all") {
                     return Err(unsupported(
                         &origin,
-                        &format!("table-type {t:?}"),
-                        "pgtide selects tables (views are re-created from the schema); use \"table\" or leave table-type out",
+                        &format!("table-type {table_type:?}"),
+                        "use table, view or all",
                     ));
                 }
                 let text = format!(
@@ -248,7 +251,20 @@ pub fn parse(text: &str) -> Result<DmsRules> {
                 let p = TablePattern::parse(&text).map_err(|e| e.context(&origin))?;
                 let filter = condition(&origin, rule.get("filters").unwrap_or(&Value::Null))?;
                 match field(rule, "rule-action") {
+                    Some("include") | Some("explicit") if table_type == "view" => {
+                        if filter.is_some() {
+                            return Err(unsupported(
+                                &origin,
+                                "filters on a view selection",
+                                "select the view without filters, or filter the view's definition",
+                            ));
+                        }
+                        out.views.push(p);
+                    }
                     Some("include") | Some("explicit") => {
+                        if table_type == "all" {
+                            out.views.push(p.clone());
+                        }
                         if let Some(c) = filter {
                             let mut s = TableSettings::new(origin.clone(), p.clone());
                             s.condition = Some(c);
@@ -395,7 +411,7 @@ mod tests {
             r#"{"rule-type": "transformation", "rule-id": "9", "rule-name": "ts", "rule-target": "table-tablespace", "object-locator": {"schema-name": "public", "table-name": "%"}, "rule-action": "rename", "value": "x"}"#,
             r#"{"rule-type": "transformation", "rule-id": "9", "rule-name": "ts", "rule-target": "column", "object-locator": {"schema-name": "public", "table-name": "t", "column-name": "c"}, "rule-action": "add-column", "value": "x"}"#,
             r#"{"rule-type": "table-settings", "rule-id": "9", "rule-name": "ts", "object-locator": {"schema-name": "public", "table-name": "t"}}"#,
-            r#"{"rule-type": "selection", "rule-id": "9", "rule-name": "ts", "object-locator": {"schema-name": "public", "table-name": "v", "table-type": "view"}, "rule-action": "include"}"#,
+            r#"{"rule-type": "selection", "rule-id": "9", "rule-name": "ts", "object-locator": {"schema-name": "public", "table-name": "v", "table-type": "sequence"}, "rule-action": "include"}"#,
         ] {
             let e = parse(&format!("{{\"rules\": [{rule}]}}")).unwrap_err();
             assert!(

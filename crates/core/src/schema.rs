@@ -303,6 +303,9 @@ pub struct View {
     pub populated: bool,
     /// Tables and views it reads (direct dependencies).
     pub depends_on: Vec<u32>,
+    /// Its columns; `type_name` is schema-qualified for every type outside `pg_catalog`, so
+    /// a table created from them (a view copied as a table) needs no search path.
+    pub columns: Vec<Column>,
 }
 
 /// An installed extension.

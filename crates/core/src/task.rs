@@ -305,6 +305,8 @@ struct RawTables {
     exclude: Vec<String>,
     #[serde(default)]
     settings: Vec<RawTableSettings>,
+    #[serde(default)]
+    views: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -392,6 +394,9 @@ pub struct Task {
     pub tables: Selection,
     /// Per-table settings and transformations (from the task file and its DMS document).
     pub rules: Rules,
+    /// Views (and materialized views) whose rows are copied into a table of the same name
+    /// (full load only: a view has no changes to stream).
+    pub views_as_tables: Vec<TablePattern>,
     /// Full-load settings.
     pub full_load: FullLoadSettings,
     /// Schema settings.
@@ -433,6 +438,13 @@ impl Task {
     /// (MySQL/MariaDB targets): silently ignoring a column exclusion or a row condition would
     /// move data the operator meant to keep back.
     pub fn refuse_rules(&self, what: &str) -> Result<()> {
+        if let Some(v) = self.views_as_tables.first() {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unsupported,
+                format!("tables.views: {what} does not support copying views as tables yet ({v})"),
+            )
+            .with_hint("remove tables.views (or the DMS view selection) for this target"));
+        }
         if let Some(s) = self.rules.settings.first() {
             return Err(Error::new(
                 crate::error::ErrorKind::Unsupported,
@@ -499,6 +511,15 @@ impl Task {
                 .map(|(i, t)| transform(i, t))
                 .collect::<Result<_>>()?,
         };
+        let mut views_as_tables: Vec<TablePattern> = raw
+            .tables
+            .views
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                TablePattern::parse(p).map_err(|e| e.context(format!("tables.views[{i}]")))
+            })
+            .collect::<Result<_>>()?;
         if let Some(path) = &raw.dms_table_mapping {
             let path = if path.is_absolute() {
                 path.clone()
@@ -513,6 +534,7 @@ impl Task {
             let dms = crate::dms::parse(&text)
                 .map_err(|e| e.context(format!("dms_table_mapping {}", path.display())))?;
             tables.include.extend(dms.include);
+            views_as_tables.extend(dms.views);
             tables.exclude.extend(dms.exclude);
             rules.settings.extend(dms.settings);
             rules.transforms.extend(dms.transforms);
@@ -585,6 +607,7 @@ impl Task {
             mode: raw.mode,
             tables,
             rules,
+            views_as_tables,
             full_load: FullLoadSettings {
                 threads: threads as usize,
                 split_threshold,

@@ -292,7 +292,48 @@ pub async fn introspect<C: GenericClient>(client: &C) -> Result<Schema> {
             materialized: r.get(3),
             populated: r.get(4),
             depends_on: r.get(5),
+            columns: Vec::new(),
         });
+    }
+    // View columns, with types printed under an empty search path (qualified unless they are
+    // in pg_catalog); the session's own search path is put back in the same statement order.
+    if !views.is_empty() {
+        let voids: Vec<u32> = views.iter().map(|v| v.oid).collect();
+        let saved: String = client
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .map_err(q("the search path"))?
+            .get(0);
+        client
+            .query_one("SELECT set_config('search_path', 'pg_catalog', false)", &[])
+            .await
+            .map_err(q("the search path"))?;
+        let rows = client
+            .query(
+                "SELECT a.attrelid, a.attnum, a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod)                  FROM pg_attribute a WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped                  ORDER BY a.attrelid, a.attnum",
+                &[&voids],
+            )
+            .await
+            .map_err(q("view columns"));
+        client
+            .query_one("SELECT set_config('search_path', $1, false)", &[&saved])
+            .await
+            .map_err(q("the search path"))?;
+        let at: HashMap<u32, usize> = views.iter().enumerate().map(|(i, v)| (v.oid, i)).collect();
+        for r in rows? {
+            if let Some(&i) = at.get(&r.get::<_, u32>(0)) {
+                views[i].columns.push(Column {
+                    attnum: r.get(1),
+                    name: r.get(2),
+                    type_oid: r.get(3),
+                    type_name: r.get(4),
+                    not_null: false,
+                    default: None,
+                    identity: None,
+                    generated: false,
+                });
+            }
+        }
     }
 
     let mut extensions = Vec::new();

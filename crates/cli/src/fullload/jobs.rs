@@ -58,7 +58,7 @@ pub(super) fn sql_copy_out(t: &PlannedTable, range: &ChunkRange) -> String {
     if let Some(c) = &t.condition {
         conds.push(format!("({c})"));
     }
-    if conds.is_empty() {
+    if conds.is_empty() && !t.view {
         // COPY of a table reads only that table, never its children: ONLY semantics.
         format!(
             "COPY {} ({}) TO STDOUT ({opt})",
@@ -66,11 +66,16 @@ pub(super) fn sql_copy_out(t: &PlannedTable, range: &ChunkRange) -> String {
             cols.join(", ")
         )
     } else {
+        // A view cannot be COPY's relation; it is read through a query like a filtered table.
         format!(
-            "COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT ({opt})",
+            "COPY (SELECT {} FROM ONLY {}{}) TO STDOUT ({opt})",
             cols.join(", "),
             t.source.quoted(),
-            conds.join(" AND ")
+            if conds.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conds.join(" AND "))
+            }
         )
     }
 }

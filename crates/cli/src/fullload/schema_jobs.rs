@@ -309,6 +309,9 @@ pub(super) async fn create_schema(
             selected.push(&m.target);
         }
     }
+    for t in plan.tables.iter().filter(|t| t.view) {
+        selected.push(&t.target);
+    }
     let schemas: Vec<String> = selected.iter().map(|n| n.schema.clone()).collect();
     let names: Vec<String> = selected.iter().map(|n| n.name.clone()).collect();
     let existing = target
@@ -353,6 +356,25 @@ pub(super) async fn create_schema(
         // Removed and retyped columns, right after each table is created (before views and
         // partition attachments refer to it).
         run_script_with(target, &sw.pre_script, &rule_ddl.reshape).await?;
+        // Views copied as tables: a table with the view's columns (types qualified, see
+        // `View::columns`).
+        for t in plan.tables.iter().filter(|t| t.view) {
+            let Some(v) = schema.views.iter().find(|v| v.oid == t.oid) else {
+                continue;
+            };
+            let cols: Vec<String> = v
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", quote_ident(&c.name), c.type_name))
+                .collect();
+            target
+                .batch_execute(&format!("CREATE TABLE {} ({})", t.target.quoted(), cols.join(", ")))
+                .await
+                .map_err(|e| {
+                    classify(e, &format!("creating table {} for the view's rows on the target", t.target))
+                        .with_hint("a relation of that name may already exist on the target (drop it), or a column type is missing there")
+                })?;
+        }
         for (_, sql) in &sw.pre_load_keys {
             target.batch_execute(sql).await.map_err(|e| classify(e, "creating a primary key on the target"))?;
         }

@@ -62,7 +62,13 @@ pub(super) async fn check_existing_targets(
             missing_tables.push(t.target.to_string());
             continue;
         };
-        let src = schema.table(t.oid).expect("planned table exists");
+        let src_columns = schema.table(t.oid).map(|x| &x.columns).or_else(|| {
+            schema
+                .views
+                .iter()
+                .find(|v| v.oid == t.oid)
+                .map(|v| &v.columns)
+        });
         for (sc, c) in t.columns.iter().zip(&t.target_columns) {
             match tc.get(c) {
                 None => problems.push(format!(
@@ -75,7 +81,10 @@ pub(super) async fn check_existing_targets(
                     t.target, c
                 )),
                 Some((ty, false)) => {
-                    let src_ty = src.column(sc).map(|x| x.type_name.as_str()).unwrap_or("");
+                    let src_ty = src_columns
+                        .and_then(|cols| cols.iter().find(|x| &x.name == sc))
+                        .map(|x| x.type_name.as_str())
+                        .unwrap_or("");
                     if ty != src_ty && t.format == WireFormat::Binary {
                         t.format = WireFormat::Text;
                         t.text_reason = Some(format!(

@@ -87,6 +87,24 @@ pub async fn dry_run(task: &Task) -> Result<PlanView> {
     let mut tables = Vec::new();
     for t in &load_plan.tables {
         let Some(src) = by_oid.get(&t.oid) else {
+            if t.view {
+                tables.push(PlannedTableView {
+                    source: format!("{} (view)", t.source),
+                    target: format!("{} (table)", t.target),
+                    columns: t.columns.clone(),
+                    removed_columns: Vec::new(),
+                    condition: None,
+                    row_identifier_key: None,
+                    preparation: t.preparation.as_str().to_string(),
+                    key: "none (the view's rows are copied into a table once)".into(),
+                    cdc: None,
+                    copy_format: t.format.as_str().to_string(),
+                    text_reason: t.text_reason.clone(),
+                    split: "whole".into(),
+                    bytes: 0,
+                    estimated_rows: 0,
+                });
+            }
             continue;
         };
         let key = match (&src.replica_identity, &src.primary_key) {
