@@ -345,6 +345,19 @@ fn map_tables(
             if m.preparation.is_none() {
                 m.preparation = rm.preparation;
             }
+            if m.split_key.is_none() {
+                m.split_key = rm.split_key;
+            }
+            if m.chunks.is_none() {
+                m.chunks = rm.chunks;
+            }
+        }
+        if m.row_count_estimate.is_some() && !t.has_storage() {
+            return Err(Error::config(format!(
+                "tables.settings: row_count_estimate for {}, which holds no rows of its own (a partitioned table)",
+                t.name
+            ))
+            .with_hint("set row_count_estimate on its partitions"));
         }
         if let Some(p) = m.preparation
             && (p == TablePreparation::DropAndCreate) != (global == TablePreparation::DropAndCreate)
@@ -358,7 +371,7 @@ fn map_tables(
             .with_hint("under drop-and-create every table is re-created from the source schema; truncate and do-nothing mix freely with each other"));
         }
         if let Some(c) = m.columns.iter().find(|c| c.target_type.is_some())
-            && global != TablePreparation::DropAndCreate
+            && (global != TablePreparation::DropAndCreate || task.mode == Mode::Cdc)
         {
             if task.mode == Mode::Cdc {
                 warnings.push(format!(
@@ -436,11 +449,32 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
             Some(parent) if depth < 64 => {
                 let (schema, name) = (&t.name.schema, &t.name.name);
                 let excluded = task.tables.exclude.iter().any(|p| p.matches(schema, name));
-                let named = task.tables.include.iter().any(|p| p.matches(schema, name));
+                // Named: an include pattern matches the partition but not its parent (so
+                // `public.*` does not bring back partitions of an excluded root), and no
+                // ancestor is excluded.
+                let named = task.tables.include.iter().any(|p| {
+                    p.matches(schema, name) && !p.matches(&parent.name.schema, &parent.name.name)
+                }) && !ancestor_excluded(parent, by_oid, task);
                 !excluded && (named || is_selected(parent, by_oid, task, depth + 1))
             }
             _ => task.tables.selects(&t.name.schema, &t.name.name),
         }
+    }
+    fn ancestor_excluded(t: &Table, by_oid: &HashMap<u32, &Table>, task: &Task) -> bool {
+        let mut cur = Some(t);
+        for _ in 0..64 {
+            let Some(x) = cur else { break };
+            if task
+                .tables
+                .exclude
+                .iter()
+                .any(|p| p.matches(&x.name.schema, &x.name.name))
+            {
+                return true;
+            }
+            cur = x.partition_of.and_then(|p| by_oid.get(&p).copied());
+        }
+        false
     }
     for t in &schema.tables {
         if is_selected(t, &by_oid, task, 0) {
@@ -559,6 +593,12 @@ pub fn plan(schema: &Schema, task: &Task) -> Result<(LoadPlan, HashMap<u32, Spli
     for t in schema.tables.iter().filter(|t| selected.contains(&t.oid)) {
         needed_schemas.insert(t.name.schema.clone());
         for c in &t.columns {
+            collect_type_schemas(schema, c.type_oid, &mut needed_schemas, 0);
+        }
+    }
+    for v in &view_tables {
+        needed_schemas.insert(v.name.schema.clone());
+        for c in &v.columns {
             collect_type_schemas(schema, c.type_oid, &mut needed_schemas, 0);
         }
     }

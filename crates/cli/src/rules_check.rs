@@ -90,7 +90,9 @@ pub async fn check(
                 "CREATE TEMP VIEW pgtide_condition_check AS SELECT 1 FROM ONLY {} WHERE ({cond})",
                 t.source.quoted()
             );
-            if let Err(e) = source.batch_execute(&view).await {
+            // One statement through the extended protocol: anything that would end the
+            // statement early is a syntax error here, never a second command.
+            if let Err(e) = source.execute(view.as_str(), &[]).await {
                 rollback(source).await;
                 return Err(at(classify(e, "compiling the condition")));
             }
@@ -127,7 +129,7 @@ pub async fn check(
                     "CREATE PUBLICATION pgtide_condition_check FOR TABLE ONLY {} WHERE ({cond})",
                     t.source.quoted()
                 );
-                if let Err(e) = source.batch_execute(&publication).await {
+                if let Err(e) = source.execute(publication.as_str(), &[]).await {
                     rollback(source).await;
                     return Err(at(classify(e, "compiling the condition as a row filter")));
                 }
@@ -279,8 +281,10 @@ pub fn routes(plan: &LoadPlan) -> Routes {
                 columns: m
                     .columns
                     .iter()
+                    .filter(|c| c.source != c.target)
                     .map(|c| (c.source.clone(), c.target.clone()))
                     .collect(),
+                removed: m.removed.clone(),
                 key: m.row_identifier_key.as_ref().map(|(k, _)| {
                     k.iter()
                         .map(|c| m.target_column(c).unwrap_or(c).to_string())

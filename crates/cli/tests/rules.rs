@@ -12,13 +12,14 @@ const SCHEMA: &str = r#"
 CREATE SCHEMA sales;
 CREATE TABLE sales.orders (
     id int PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
-    amount numeric(10,2), note text, secret text, created date);
+    amount numeric(10,2), note text, secret text, created date, legacy_no serial);
+COMMENT ON COLUMN sales.orders.secret IS 'personal data';
 CREATE INDEX orders_secret_idx ON sales.orders (secret);
 CREATE INDEX orders_customer_idx ON sales.orders (customer);
 CREATE VIEW sales.order_secrets AS SELECT id, secret FROM sales.orders;
 CREATE VIEW sales.order_amounts AS SELECT id, amount FROM sales.orders;
 ALTER TABLE sales.orders REPLICA IDENTITY FULL;
-INSERT INTO sales.orders
+INSERT INTO sales.orders (id, customer, status, amount, note, secret, created)
   SELECT g, 'c' || (g % 17), CASE WHEN g % 5 = 0 THEN 'void' ELSE 'open' END,
          g * 1.25, 'note ' || g, 'secret ' || g, date '2024-01-01' + g
   FROM generate_series(1, 3000) g;
@@ -40,7 +41,7 @@ tables:
   include: ["sales.*", 'public."Table1"', public.table1, public.events]
   settings:
     - table: sales.orders
-      columns: { exclude: [secret] }
+      columns: { exclude: [secret, legacy_no] }
       where: "status <> 'void'"
       split_key: id
       chunks: 3
@@ -72,6 +73,7 @@ const DMS: &str = r#"{"rules": [
   {"rule-type": "transformation", "rule-id": "9", "rule-name": "9", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "amount"}, "rule-action": "change-data-type", "data-type": {"type": "numeric", "precision": 14, "scale": 2}},
   {"rule-type": "transformation", "rule-id": "10", "rule-name": "10", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "secret"}, "rule-action": "remove-column"},
   {"rule-type": "transformation", "rule-id": "11", "rule-name": "11", "rule-target": "table", "object-locator": {"schema-name": "public", "table-name": "Table1"}, "rule-action": "add-suffix", "value": "_Mixed"},
+  {"rule-type": "transformation", "rule-id": "14", "rule-name": "14", "rule-target": "column", "object-locator": {"schema-name": "sales", "table-name": "orders", "column-name": "legacy_no"}, "rule-action": "remove-column"},
   {"rule-type": "transformation", "rule-id": "13", "rule-name": "13", "rule-target": "column", "object-locator": {"schema-name": "public", "table-name": "events", "column-name": "internal"}, "rule-action": "remove-column"},
   {"rule-type": "transformation", "rule-id": "12", "rule-name": "12", "rule-target": "column", "object-locator": {"schema-name": "public", "table-name": "events", "column-name": "payload"}, "rule-action": "rename", "value": "body"}
 ]}"#;
@@ -177,7 +179,7 @@ fn rules_apply_the_same_in_the_full_load_and_in_cdc() {
         "sales.orders -> crm.purchase_orders",
         "note -> remark",
         "amount (type numeric(14,2))",
-        "removed columns: secret",
+        "removed columns: secret, legacy_no",
         "rows where: status <> 'void'   [tables.settings[0]]",
         "key ranges on id (3 chunks)",
         "public.\"Table1\" -> public.\"Table1_Mixed\"",
@@ -651,4 +653,76 @@ fn views_are_copied_as_tables_in_a_full_load() {
         err.contains("no changes to stream") && err.contains("public.\"Order Report\""),
         "{err}"
     );
+}
+
+#[test]
+fn renames_that_chain_and_excluded_roots_and_view_only_dms_selections() {
+    let (source, target, dir) = servers();
+    target.create_database("dst").unwrap();
+    source
+        .psql(
+            "src",
+            "CREATE TABLE public.chain (id int PRIMARY KEY, v text); \
+             CREATE TABLE public.chain_v2 (id int PRIMARY KEY, v text); \
+             INSERT INTO public.chain VALUES (1, 'first'); INSERT INTO public.chain_v2 VALUES (2, 'second');",
+        )
+        .unwrap();
+    // `chain` becomes `chain_v2` while `chain_v2` becomes `chain_v2_v2`.
+    let task = task_file(
+        dir.path(),
+        "ch",
+        &task_yaml(
+            "ch",
+            &source.url("src"),
+            &target.url("dst"),
+            "tables: { include: [\"public.chain*\"] }\ntransform:\n  - { table: \"public.chain*\", add_suffix: _v2 }\n",
+        ),
+    );
+    run_ok(&task);
+    assert_eq!(
+        target
+            .psql(
+                "dst",
+                "SELECT (SELECT v FROM public.chain_v2), (SELECT v FROM public.chain_v2_v2)"
+            )
+            .unwrap(),
+        "first|second"
+    );
+
+    // Excluding a partitioned table keeps its partitions out, even when `public.*` matches them.
+    let task = task_file(
+        dir.path(),
+        "ex",
+        &task_yaml(
+            "ex",
+            &source.url("src"),
+            &target.url("dst"),
+            "tables: { include: [\"public.*\"], exclude: [public.events] }\n",
+        ),
+    );
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    assert!(!plan.contains("events"), "{plan}");
+
+    // A DMS document that selects only a view moves only the view.
+    std::fs::write(
+        dir.path().join("v.json"),
+        r#"{"rules": [{"rule-type": "selection", "rule-id": "1", "rule-name": "v", "object-locator": {"schema-name": "sales", "table-name": "order_amounts", "table-type": "view"}, "rule-action": "include"}]}"#,
+    )
+    .unwrap();
+    let task = task_file(
+        dir.path(),
+        "vo",
+        &task_yaml(
+            "vo",
+            &source.url("src"),
+            &target.url("dst"),
+            "dms_table_mapping: v.json\n",
+        ),
+    );
+    let plan = run_ok_args(&["plan", task.to_str().unwrap()]);
+    assert!(
+        plan.contains("plan of task vo (mode full-load): 1 tables"),
+        "{plan}"
+    );
+    assert!(plan.contains("sales.order_amounts (view)"), "{plan}");
 }

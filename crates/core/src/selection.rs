@@ -290,6 +290,9 @@ pub struct Selection {
     pub include: Vec<TablePattern>,
     /// Tables matching any of these are dropped from the candidates.
     pub exclude: Vec<TablePattern>,
+    /// An empty `include` selects nothing (a DMS document that selects only views: DMS moves
+    /// only what a rule selects).
+    pub explicit: bool,
 }
 
 impl Selection {
@@ -306,6 +309,7 @@ impl Selection {
         Ok(Selection {
             include: compile(include, "include")?,
             exclude: compile(exclude, "exclude")?,
+            explicit: false,
         })
     }
 
@@ -314,8 +318,8 @@ impl Selection {
         if is_system_schema(schema) {
             return false;
         }
-        let included =
-            self.include.is_empty() || self.include.iter().any(|p| p.matches(schema, table));
+        let included = (self.include.is_empty() && !self.explicit)
+            || self.include.iter().any(|p| p.matches(schema, table));
         included && !self.exclude.iter().any(|p| p.matches(schema, table))
     }
 
@@ -324,8 +328,8 @@ impl Selection {
         if is_system_schema(schema) {
             return false;
         }
-        let included =
-            self.include.is_empty() || self.include.iter().any(|p| p.matches_schema(schema));
+        let included = (self.include.is_empty() && !self.explicit)
+            || self.include.iter().any(|p| p.matches_schema(schema));
         let wholly_excluded = self
             .exclude
             .iter()

@@ -533,6 +533,11 @@ impl Task {
             })?;
             let dms = crate::dms::parse(&text)
                 .map_err(|e| e.context(format!("dms_table_mapping {}", path.display())))?;
+            // DMS moves only what its selection rules name: a document that selects only views
+            // selects no table.
+            if !dms.views.is_empty() || !dms.include.is_empty() {
+                tables.explicit = true;
+            }
             tables.include.extend(dms.include);
             views_as_tables.extend(dms.views);
             tables.exclude.extend(dms.exclude);
@@ -648,6 +653,14 @@ pub fn condition_shape(w: &str) -> Result<()> {
     let (mut i, mut depth) = (0usize, 0i32);
     while i < b.len() {
         match b[i] {
+            b'\''
+                if i > 0
+                    && matches!(b[i - 1], b'e' | b'E')
+                    && (i == 1 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_')) =>
+            {
+                // In E'...' a backslash escapes a quote, which this check does not follow.
+                return bad("uses an E'...' string; write the value as a standard '...' literal");
+            }
             q @ (b'\'' | b'"') => {
                 i += 1;
                 loop {

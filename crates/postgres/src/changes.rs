@@ -87,9 +87,13 @@ pub struct Route {
     pub schema: String,
     /// Target table.
     pub name: String,
-    /// Source column → target column. A source column that is not here is dropped (a removed
-    /// column the publication could not leave out, e.g. under `REPLICA IDENTITY FULL`).
+    /// Source column → target column, for renamed columns; others keep their name. A column
+    /// the rules do not know (added on the source since) passes through unchanged, so the
+    /// applier stops on it rather than dropping its values.
     pub columns: HashMap<String, String>,
+    /// Source columns that are dropped here (removed columns the publication could not leave
+    /// out, e.g. under `REPLICA IDENTITY FULL`).
+    pub removed: Vec<String>,
     /// Target columns that identify a row, instead of the replica identity (the task's
     /// `row_identifier_key`; the source sends whole old rows).
     pub key: Option<Vec<String>>,
@@ -104,7 +108,7 @@ fn route_relation(rel: Relation, route: &Route) -> (Relation, Option<Vec<usize>>
         .columns
         .iter()
         .enumerate()
-        .filter(|(_, c)| route.columns.contains_key(&c.name))
+        .filter(|(_, c)| !route.removed.contains(&c.name))
         .map(|(i, _)| i)
         .collect();
     let projection = (keep.len() != rel.columns.len()).then(|| keep.clone());
@@ -112,7 +116,9 @@ fn route_relation(rel: Relation, route: &Route) -> (Relation, Option<Vec<usize>>
         .iter()
         .map(|&i| {
             let mut c = rel.columns[i].clone();
-            c.name = route.columns[&c.name].clone();
+            if let Some(n) = route.columns.get(&c.name) {
+                c.name = n.clone();
+            }
             c
         })
         .collect();

@@ -256,23 +256,6 @@ pub async fn run(
     let schema = read_schema(&source).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;
     let mut warnings = load_plan.warnings.clone();
-    let (shapes, rule_warnings) =
-        crate::rules_check::check(&source, task, &schema, &load_plan).await?;
-    warnings.extend(rule_warnings);
-    let publications = prepare_publications(
-        &source,
-        task,
-        &schema,
-        &load_plan,
-        &status,
-        &mut warnings,
-        PublishRules {
-            full_identity_ok: true,
-            shapes: &shapes,
-        },
-    )
-    .await?;
-
     // Load or resume?
     let state_exists: bool = target
         .query_one("SELECT to_regclass('pgtide.task') IS NOT NULL", &[])
@@ -296,6 +279,24 @@ pub async fn run(
         )
         .with_hint("run with the original task file, or add --restart to start over with a new slot"));
     }
+    // Publications change only once the run is known to continue with this configuration.
+    let (shapes, rule_warnings) =
+        crate::rules_check::check(&source, task, &schema, &load_plan).await?;
+    warnings.extend(rule_warnings);
+    let publications = prepare_publications(
+        &source,
+        task,
+        &schema,
+        &load_plan,
+        &status,
+        &mut warnings,
+        PublishRules {
+            full_identity_ok: true,
+            shapes: &shapes,
+        },
+    )
+    .await?;
+
     let streaming_before =
         previous.as_ref().map(|p| p.phase == "cdc").unwrap_or(false) && !opts.restart;
     let mut load = None;

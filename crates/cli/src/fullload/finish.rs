@@ -45,6 +45,13 @@ pub(super) async fn sync_sequences(
             .await
             .map_err(|e| classify(e, "setting sequences on the target"))?;
         for (name, last, called) in &values {
+            // Tables this load creates still have their source names here (renames come
+            // last); existing target tables already live under their final names.
+            let name = if task.full_load.table_preparation == TablePreparation::DropAndCreate {
+                name
+            } else {
+                plan.sequence_targets.get(name).unwrap_or(name)
+            };
             let row = target
                 .query_one(&stmt, &[&name.quoted(), last, called])
                 .await

@@ -13,8 +13,10 @@
 //! the source names or the final ones, and a resumed run knows which.
 //!
 //! Removed and retyped columns are the exception: data must never be written into a column
-//! the operator removed, and values must arrive in the new type. Right after the pre-data
-//! schema (same transaction), removed columns are dropped and retyped columns altered. Objects
+//! the operator removed, and values must arrive in the new type. A retyped column is altered
+//! right after its CREATE TABLE (before views and partition attachments refer to it); removed
+//! columns are dropped on the root tables at the end of the pre-data script, when the comments,
+//! defaults, owned sequences and identities that name them exist and can go with them. Objects
 //! that use a removed column (an index on it, a view that reads it, a foreign key that
 //! references it) cannot exist on the target: they are left out with a warning each, found
 //! through the source's `pg_depend`, not by reading SQL.
@@ -27,9 +29,11 @@ use pgtide_core::ident::display_ident;
 pub(super) struct RuleDdl {
     /// Archive entries left out because they use a removed column: (catalog OID, object OID).
     pub(super) skip: HashSet<(u32, u32)>,
-    /// Run right after each table's CREATE TABLE in the pre-data script, before views and
-    /// partition attachments see it: (label, SQL) by table.
+    /// Type changes, run right after each table's CREATE TABLE in the pre-data script, before
+    /// views and partition attachments see it: (label, SQL) by table.
     pub(super) reshape: HashMap<QualifiedName, Vec<(String, String)>>,
+    /// Removed columns, dropped after the pre-data script (same transaction): (label, SQL).
+    pub(super) drops: Vec<(String, String)>,
     /// Run at the very end: (label, SQL).
     pub(super) renames: Vec<(String, String)>,
     /// Objects left out, for the report.
@@ -120,30 +124,25 @@ pub(super) async fn rule_ddl(
     // its partitioned table: column DDL runs on the root only and PostgreSQL recurses.
     let mut oids: Vec<u32> = plan.mappings.keys().copied().collect();
     oids.sort_unstable();
-    let mut column_renames = Vec::new();
-    let mut table_renames = Vec::new();
-    let mut moves = Vec::new();
+    // Renames go through temporary names (`a` -> `a_v2` while `a_v2` -> `a_v2_v2`, or two
+    // tables swapping schemas, must not collide halfway): columns of each table first, then
+    // tables, moved to their schema under the temporary name and given the final name there.
+    let mut columns_out = Vec::new();
+    let mut columns_in = Vec::new();
+    let mut tables_out = Vec::new();
+    let mut tables_move = Vec::new();
+    let mut tables_in = Vec::new();
     let mut new_schemas: Vec<String> = Vec::new();
     for oid in oids {
         let (Some(t), Some(m)) = (by_oid.get(&oid), plan.mappings.get(&oid)) else {
             continue;
         };
-        // pg_dump creates partitions as tables of their own and attaches them later, so each
-        // gets the same column changes as its root before the attachment checks they match.
-        let reshape = out.reshape.entry(t.name.clone()).or_default();
-        for c in &m.removed {
-            reshape.push((
-                format!("removing column {}.{}", t.name, display_ident(c)),
-                format!(
-                    "ALTER TABLE {} DROP COLUMN {}",
-                    t.name.quoted(),
-                    quote_ident(c)
-                ),
-            ));
-        }
+        // Types change right after CREATE TABLE: pg_dump creates partitions as tables of
+        // their own and attaches them later, so each gets the same change as its root before
+        // the attachment checks they match, and views are created on the new type.
         for c in m.columns.iter().filter(|c| c.target_type.is_some()) {
             let ty = c.target_type.as_deref().expect("filtered");
-            reshape.push((
+            out.reshape.entry(t.name.clone()).or_default().push((
                 format!(
                     "changing the type of {}.{} to {ty}",
                     t.name,
@@ -156,16 +155,42 @@ pub(super) async fn rule_ddl(
                 ),
             ));
         }
-        if reshape.is_empty() {
-            out.reshape.remove(&t.name);
-        }
-        // Renames run on the finished schema: on a partitioned table they recurse.
+        // Drops and renames run on the root and PostgreSQL recurses to attached partitions.
         let root_level = t
             .partition_of
             .is_none_or(|p| !plan.mappings.contains_key(&p));
-        if root_level {
-            for c in m.columns.iter().filter(|c| c.source != c.target) {
-                column_renames.push((
+        if !root_level {
+            // A partition keeps its own name unless a rule renames it (below).
+        } else {
+            // Removed columns go after the whole pre-data script, when comments, defaults,
+            // owned sequences and identities that name them exist (they go with the column).
+            for c in &m.removed {
+                out.drops.push((
+                    format!("removing column {}.{}", t.name, display_ident(c)),
+                    format!(
+                        "ALTER TABLE {} DROP COLUMN {}",
+                        t.name.quoted(),
+                        quote_ident(c)
+                    ),
+                ));
+            }
+            for (i, c) in m
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.source != c.target)
+            {
+                let tmp = format!("pgtide_rename_{i}");
+                columns_out.push((
+                    format!("renaming column {}.{}", t.name, display_ident(&c.source)),
+                    format!(
+                        "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                        t.name.quoted(),
+                        quote_ident(&c.source),
+                        quote_ident(&tmp)
+                    ),
+                ));
+                columns_in.push((
                     format!(
                         "renaming column {}.{} to {}",
                         t.name,
@@ -175,49 +200,60 @@ pub(super) async fn rule_ddl(
                     format!(
                         "ALTER TABLE {} RENAME COLUMN {} TO {}",
                         t.name.quoted(),
-                        quote_ident(&c.source),
+                        quote_ident(&tmp),
                         quote_ident(&c.target)
                     ),
                 ));
             }
         }
-        if m.target.name != t.name.name {
-            table_renames.push((
-                format!("renaming {} to {}", t.name, display_ident(&m.target.name)),
+        if m.target != t.name {
+            let tmp = format!("pgtide_rename_{oid}");
+            tables_out.push((
+                format!("renaming {}", t.name),
                 format!(
                     "ALTER TABLE {} RENAME TO {}",
                     t.name.quoted(),
+                    quote_ident(&tmp)
+                ),
+            ));
+            if m.target.schema != t.name.schema {
+                if !new_schemas.contains(&m.target.schema) {
+                    new_schemas.push(m.target.schema.clone());
+                }
+                tables_move.push((
+                    format!(
+                        "moving {} to schema {}",
+                        t.name,
+                        display_ident(&m.target.schema)
+                    ),
+                    format!(
+                        "ALTER TABLE {} SET SCHEMA {}",
+                        QualifiedName::new(t.name.schema.clone(), tmp.clone()).quoted(),
+                        quote_ident(&m.target.schema)
+                    ),
+                ));
+            }
+            tables_in.push((
+                format!("renaming {} to {}", t.name, m.target),
+                format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    QualifiedName::new(m.target.schema.clone(), tmp).quoted(),
                     quote_ident(&m.target.name)
                 ),
             ));
         }
-        if m.target.schema != t.name.schema {
-            if !new_schemas.contains(&m.target.schema) {
-                new_schemas.push(m.target.schema.clone());
-            }
-            let renamed = QualifiedName::new(t.name.schema.clone(), m.target.name.clone());
-            moves.push((
-                format!(
-                    "moving {renamed} to schema {}",
-                    display_ident(&m.target.schema)
-                ),
-                format!(
-                    "ALTER TABLE {} SET SCHEMA {}",
-                    renamed.quoted(),
-                    quote_ident(&m.target.schema)
-                ),
-            ));
-        }
     }
-    out.renames.extend(column_renames);
-    out.renames.extend(table_renames);
+    out.renames.extend(columns_out);
+    out.renames.extend(columns_in);
     for s in new_schemas {
         out.renames.push((
             format!("creating schema {}", display_ident(&s)),
             format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&s)),
         ));
     }
-    out.renames.extend(moves);
+    out.renames.extend(tables_out);
+    out.renames.extend(tables_move);
+    out.renames.extend(tables_in);
     Ok(out)
 }
 

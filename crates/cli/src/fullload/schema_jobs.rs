@@ -356,6 +356,7 @@ pub(super) async fn create_schema(
         // Removed and retyped columns, right after each table is created (before views and
         // partition attachments refer to it).
         run_script_with(target, &sw.pre_script, &rule_ddl.reshape).await?;
+        super::rules::run_labelled(target, &rule_ddl.drops).await?;
         // Views copied as tables: a table with the view's columns (types qualified, see
         // `View::columns`).
         for t in plan.tables.iter().filter(|t| t.view) {
