@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  check    connect both ends, lock the task, export the snapshot, introspect, plan,
+//!           lock the source tables (ACCESS SHARE, in the snapshot's transaction, until the
+//!           end: a concurrent TRUNCATE or ALTER waits instead of emptying the snapshot's view),
 //!           dump the schema, check the target for the preparation mode
 //!           ── nothing has been written anywhere up to here ──
 //!  prepare  record the plan; drop-and-create: pre-data schema (+ primary keys) in one
@@ -144,6 +146,7 @@ pub async fn run(task: &Task, options: &RunOptions, progress: Arc<Progress>) -> 
         let checker = connect(&task.source.url, Side::Source).await?;
         crate::rules_check::check(&checker, task, &schema, &plan).await?;
     }
+    lock_source_tables(snapshot.client(), &schema, &plan).await?;
     fill_key_chunks(snapshot.client(), &mut plan, &decisions).await?;
 
     if resume {
@@ -369,6 +372,39 @@ async fn in_transaction<T>(
             Err(e)
         }
     }
+}
+
+/// TRUNCATE and most ALTER TABLEs are not MVCC-safe: one committed while the load runs would
+/// show the snapshot an empty or rewritten table, and the target would silently miss rows. An
+/// ACCESS SHARE lock held by the snapshot's transaction until the load ends makes them wait (as
+/// pg_dump does); it blocks no reads or writes.
+async fn lock_source_tables(client: &Client, schema: &Schema, plan: &LoadPlan) -> Result<()> {
+    let list: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| !t.view)
+        .map(|t| format!("ONLY {}", t.source.quoted()))
+        .chain(
+            schema
+                .tables
+                .iter()
+                .filter(|t| plan.selected.contains(&t.oid) && !t.has_storage())
+                .map(|t| format!("ONLY {}", t.name.quoted())),
+        )
+        .collect();
+    if list.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE; SET LOCAL lock_timeout = 0",
+            list.join(", ")
+        ))
+        .await
+        .map_err(|e| {
+            classify(e, "locking the source tables against TRUNCATE and ALTER during the load")
+                .with_hint("a session holds an exclusive lock on one of them (a long ALTER TABLE or VACUUM FULL?); retry when it is done")
+        })
 }
 
 async fn fill_key_chunks(
