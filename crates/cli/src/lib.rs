@@ -34,3 +34,25 @@ pub mod rules_check;
 pub mod scheduler;
 pub mod shutdown;
 pub mod verify;
+
+/// Wait for every worker; the first error (in spawn order) wins, a panicked worker is an
+/// internal error naming `what`. Every worker is awaited before returning, so none is left
+/// running against a connection the caller is about to close.
+pub(crate) async fn join_workers(
+    workers: Vec<tokio::task::JoinHandle<pgtide_core::Result<()>>>,
+    what: &str,
+) -> pgtide_core::Result<()> {
+    let mut first_err = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(pgtide_core::Error::internal(format!("{what}: {e}")));
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

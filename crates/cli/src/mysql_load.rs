@@ -126,34 +126,12 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
     let schema = introspect::introspect(snapshot.client()).await?;
     let (load_plan, _) = plan::plan(&schema, task)?;
     let conversion = convert(&schema, &load_plan.selected, &[], &task.target.url.database);
-    // TRUNCATE and most ALTER TABLEs are not MVCC-safe: one committed while the load runs
-    // would show the snapshot an empty or rewritten table. An ACCESS SHARE lock held by the
-    // snapshot's transaction until the load ends makes them wait (as pg_dump does); it blocks
-    // no reads or writes.
-    if !conversion.tables.is_empty() {
-        let list: Vec<String> = conversion
-            .tables
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}{}",
-                    if t.partitioned { "" } else { "ONLY " },
-                    t.source.quoted()
-                )
-            })
-            .collect();
-        snapshot
-            .client()
-            .batch_execute(&format!(
-                "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE",
-                list.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                classify(e, "locking the source tables against TRUNCATE and ALTER during the load")
-                    .with_hint("a session holds an exclusive lock on one of them (a long ALTER TABLE or VACUUM FULL?); retry when it is done")
-            })?;
-    }
+    let locked: Vec<(&pgtide_core::ident::QualifiedName, bool)> = conversion
+        .tables
+        .iter()
+        .map(|t| (&t.source, t.partitioned))
+        .collect();
+    pgtide_postgres::snapshot::lock_for_load(snapshot.client(), &locked).await?;
     let unsupported: Vec<String> = conversion
         .items
         .iter()
@@ -246,24 +224,11 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
             worker(&url, &name, &target, &queue, &results).await
         }));
     }
-    let mut first_err = None;
-    for w in workers {
-        match w.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(Error::internal(format!("load worker: {e}")));
-            }
-        }
-    }
+    let joined = crate::join_workers(workers, "load worker").await;
     if let Snapshot::Exported(s) = snapshot {
         let _ = s.release().await;
     }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    joined?;
 
     // Foreign keys, validated against the rows.
     control

@@ -234,6 +234,14 @@ pub fn split_decision(
 ) -> Result<SplitDecision> {
     let threshold = task.full_load.split_threshold;
     let wanted = mapping.and_then(|m| m.chunks);
+    let n = wanted
+        .unwrap_or_else(|| {
+            table
+                .heap_bytes
+                .div_ceil(threshold)
+                .max(task.full_load.threads as u64)
+        })
+        .clamp(1, MAX_CHUNKS);
     if let Some(key) = mapping.and_then(|m| m.split_key.as_ref()) {
         let col = table.column(key).expect("checked by the rules");
         if !is_integer_type(schema, col.type_oid) {
@@ -244,27 +252,11 @@ pub fn split_decision(
             ))
             .with_hint("choose a smallint, integer or bigint column (or leave split_key out: large tables are split by block ranges)"));
         }
-        let n = wanted
-            .unwrap_or_else(|| {
-                table
-                    .heap_bytes
-                    .div_ceil(threshold)
-                    .max(task.full_load.threads as u64)
-            })
-            .clamp(1, MAX_CHUNKS);
         return Ok(SplitDecision::Key(col.name.clone(), n));
     }
     if wanted.is_none() && table.heap_bytes <= threshold {
         return Ok(SplitDecision::Whole);
     }
-    let n = wanted
-        .unwrap_or_else(|| {
-            table
-                .heap_bytes
-                .div_ceil(threshold)
-                .max(task.full_load.threads as u64)
-        })
-        .min(MAX_CHUNKS);
     if n <= 1 {
         return Ok(SplitDecision::Whole);
     }
@@ -322,12 +314,12 @@ fn map_tables(
             // or retyped on the partitioned table, never on one partition).
             let rcols: Vec<&str> = root.columns.iter().map(|c| c.name.as_str()).collect();
             let rm = rules.map_table(&root.name.schema, &root.name.name, &rcols)?;
-            if m.columns != rm.columns
-                && (m.columns.len() != t.columns.len()
-                    || m.columns
-                        .iter()
-                        .any(|c| c.source != c.target || c.target_type.is_some()))
-            {
+            // The partition's own column rules, if any, must say what its root's say.
+            let own_column_rules = !m.removed.is_empty()
+                || m.columns
+                    .iter()
+                    .any(|c| c.source != c.target || c.target_type.is_some());
+            if own_column_rules && m.columns != rm.columns {
                 return Err(Error::config(format!(
                     "the rules change columns of {}, a partition of {}: a partition's columns follow its partitioned table",
                     t.name, root.name

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use pgtide_testkit::{PgOptions, PgServer};
+use pgtide_testkit::PgServer;
 
 const SCHEMA: &str = r#"
 CREATE SCHEMA sales;
@@ -79,15 +79,16 @@ const DMS: &str = r#"{"rules": [
 ]}"#;
 
 fn servers() -> (PgServer, PgServer, tempfile::TempDir) {
-    let source = PgServer::start().unwrap();
-    let target = PgServer::start_with(PgOptions {
-        logical: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let Pair { source, target } = Pair::start();
     source.create_database("src").unwrap();
     source.psql("src", SCHEMA).unwrap();
     (source, target, tempfile::tempdir().unwrap())
+}
+
+/// Run the CDC task until everything committed on the source so far is applied.
+fn run_to_now(source: &PgServer, task: &std::path::Path) -> String {
+    let end = current_lsn(source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end])
 }
 
 /// What the target must hold, computed on the source with the rules applied by hand.
@@ -193,8 +194,7 @@ fn rules_apply_the_same_in_the_full_load_and_in_cdc() {
     assert!(!plan.contains("TABLE1"), "{plan}");
 
     // Full load, then stream to the current position.
-    let end = current_lsn(&source, "src");
-    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    run_to_now(&source, &task);
     assert_target_shape(&target, "dst");
     assert_target_matches(&source, &target, "dst");
     assert_eq!(
@@ -233,8 +233,7 @@ fn rules_apply_the_same_in_the_full_load_and_in_cdc() {
              INSERT INTO public.table1 VALUES (2, 'more')",
         )
         .unwrap();
-    let end = current_lsn(&source, "src");
-    let out = run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    let out = run_to_now(&source, &task);
     assert!(out.contains("stopped at end LSN"), "{out}");
     assert_target_matches(&source, &target, "dst");
     assert_eq!(
@@ -412,8 +411,7 @@ fn a_row_identifier_key_applies_updates_and_deletes_of_a_table_without_a_key() {
         plan.contains("row identifier key: (order_id, line_no)   [tables.settings[0]]"),
         "{plan}"
     );
-    let end = current_lsn(&source, "src");
-    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    run_to_now(&source, &task);
     source
         .psql(
             "src",
@@ -423,8 +421,7 @@ fn a_row_identifier_key_applies_updates_and_deletes_of_a_table_without_a_key() {
              INSERT INTO public.lines VALUES (99, 1, 1, NULL)",
         )
         .unwrap();
-    let end = current_lsn(&source, "src");
-    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    run_to_now(&source, &task);
     let q = "SELECT order_id, line_no, qty, doc::text FROM public.lines ORDER BY 1, 2";
     assert_eq!(
         source.psql("src", q).unwrap(),
@@ -434,12 +431,7 @@ fn a_row_identifier_key_applies_updates_and_deletes_of_a_table_without_a_key() {
 
 #[test]
 fn existing_targets_take_column_lists_name_actions_and_per_table_preparation() {
-    let source = PgServer::start().unwrap();
-    let target = PgServer::start_with(PgOptions {
-        logical: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let Pair { source, target } = Pair::start();
     let dir = tempfile::tempdir().unwrap();
     source.create_database("src").unwrap();
     target.create_database("dst").unwrap();
@@ -525,8 +517,7 @@ fn a_partition_selected_by_name_moves_alone_under_its_partitioned_table() {
         plan.contains("public.events is created on the target for the partitions selected by name"),
         "{plan}"
     );
-    let end = current_lsn(&source, "src");
-    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    run_to_now(&source, &task);
     source
         .psql(
             "src",
@@ -534,8 +525,7 @@ fn a_partition_selected_by_name_moves_alone_under_its_partitioned_table() {
              UPDATE public.events SET kind = 'changed' WHERE id BETWEEN 1500 AND 1510",
         )
         .unwrap();
-    let end = current_lsn(&source, "src");
-    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    run_to_now(&source, &task);
     let q = "SELECT id, kind, payload, internal FROM public.events_b ORDER BY id";
     assert_eq!(
         source.psql("src", q).unwrap(),

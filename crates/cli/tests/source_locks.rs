@@ -4,16 +4,10 @@
 
 mod common;
 use common::*;
-use pgtide_testkit::{PgOptions, PgServer};
 
 #[test]
 fn a_truncate_on_the_source_waits_for_the_load() {
-    let source = PgServer::start().unwrap();
-    let target = PgServer::start_with(PgOptions {
-        logical: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let Pair { source, target } = Pair::start();
     source.create_database("src").unwrap();
     target.create_database("dst").unwrap();
     // The view copied as a table makes the load last a few seconds, deterministically.

@@ -126,10 +126,6 @@ pub enum Action {
 }
 
 impl Action {
-    fn renames(&self) -> bool {
-        !matches!(self, Action::RemoveColumn | Action::ChangeType(_))
-    }
-
     fn apply(&self, name: &str) -> String {
         match self {
             Action::Rename(n) => n.clone(),
@@ -244,17 +240,6 @@ pub struct TableMapping {
 }
 
 impl TableMapping {
-    /// True when nothing about the table changes on its way.
-    pub fn is_identity(&self, source: &QualifiedName) -> bool {
-        &self.target == source
-            && self.removed.is_empty()
-            && self.condition.is_none()
-            && self
-                .columns
-                .iter()
-                .all(|c| c.source == c.target && c.target_type.is_none())
-    }
-
     /// The target name of source column `c`, when it moves.
     pub fn target_column(&self, c: &str) -> Option<&str> {
         self.columns
@@ -276,22 +261,9 @@ fn contradiction(a: &str, b: &str, what: String) -> Error {
 }
 
 impl Rules {
-    /// True when there are no settings and no transformations.
-    pub fn is_empty(&self) -> bool {
-        self.settings.is_empty() && self.transforms.is_empty()
-    }
-
-    /// True when some rule renames, moves, removes or retypes something.
-    pub fn has_transforms(&self) -> bool {
-        !self.transforms.is_empty()
-            || self
-                .settings
-                .iter()
-                .any(|s| s.columns_include.is_some() || !s.columns_exclude.is_empty())
-    }
-
-    /// Apply the rules that name one object kind to `name`; `used` collects the rules that
-    /// matched; `acted` records which rule did what, to find contradictions.
+    /// Apply the rules that name one object kind to the last of `names`; `used` collects the
+    /// rules that matched. Returns the new name, whether a rule removes the object (columns),
+    /// and the new type a rule gives it (columns).
     fn transform_name(
         &self,
         object: RuleObject,
@@ -360,7 +332,6 @@ impl Rules {
                         }
                         renamed_by = Some(&t.origin);
                     }
-                    debug_assert!(a.renames());
                     current = a.apply(&current);
                     any_by.get_or_insert(&t.origin);
                 }
@@ -381,14 +352,6 @@ impl Rules {
             .with_hint("PostgreSQL would truncate it; choose a shorter name or prefix"));
         }
         Ok((current, removed_by.is_some(), retyped.map(|(_, t)| t)))
-    }
-
-    /// The target schema of tables in source schema `schema`.
-    pub fn target_schema(&self, schema: &str) -> Result<String> {
-        let mut used = Vec::new();
-        Ok(self
-            .transform_name(RuleObject::Schema, &[schema], &mut used)?
-            .0)
     }
 
     /// Resolve one source table: `columns` are its column names in order.

@@ -186,16 +186,6 @@ impl NamePattern {
         self.parts.len() == names.len() && self.parts.iter().zip(names).all(|(p, n)| p.matches(n))
     }
 
-    /// Number of parts.
-    pub fn len(&self) -> usize {
-        self.parts.len()
-    }
-
-    /// Never true: a pattern has at least one part.
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
     /// The pattern as the user wrote it.
     pub fn as_str(&self) -> &str {
         &self.text

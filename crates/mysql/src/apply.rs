@@ -32,9 +32,7 @@ use mysql_async::prelude::Queryable;
 use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, ErrorKind, Result};
-use pgtide_postgres::apply::{
-    Applied, Applier, TableCounts, already_applied, confirmable_position,
-};
+use pgtide_postgres::apply::{Applied, Applier, Checkpoint, TableCounts};
 use pgtide_postgres::changes::{Change, ChangeSink, RelationRef};
 use pgtide_postgres::pgoutput::{OldTuple, PgTimestamp, Tuple, Value as PgValue};
 use std::collections::HashMap;
@@ -195,16 +193,11 @@ pub struct MysqlApplier {
     /// and a row moving between them must keep its delete-then-insert order).
     runs: HashMap<String, Run>,
     in_tx: bool,
-    skipping: bool,
-    durable: Option<Applied>,
-    pending: Option<Applied>,
-    confirmed: Lsn,
-    skipped_through: Lsn,
+    checkpoint: Checkpoint,
     batch_changes: usize,
     batch_opened: Option<Instant>,
     counts_pending: HashMap<QualifiedName, TableCounts>,
     counts_total: HashMap<QualifiedName, TableCounts>,
-    transactions: u64,
 }
 
 const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -253,16 +246,11 @@ impl MysqlApplier {
             mapped: HashMap::new(),
             runs: HashMap::new(),
             in_tx: false,
-            skipping: false,
-            durable,
-            pending: None,
-            confirmed,
-            skipped_through: Lsn::ZERO,
+            checkpoint: Checkpoint::new(durable, confirmed),
             batch_changes: 0,
             batch_opened: None,
             counts_pending: HashMap::new(),
             counts_total: HashMap::new(),
-            transactions: 0,
         })
     }
 
@@ -273,7 +261,7 @@ impl MysqlApplier {
         }
         self.in_tx = false;
         self.runs.clear();
-        self.pending = None;
+        self.checkpoint.batch_abandoned();
         self.counts_pending.clear();
     }
 
@@ -500,18 +488,7 @@ impl MysqlApplier {
             .map(|(i, v)| self.value(oid, i, v))
             .collect::<Result<_>>()?;
         let target = self.target_of(oid);
-        let same = match self.runs.get(&target) {
-            None => true,
-            Some(Run::Inserts { oid: o, .. }) => *o == oid,
-            Some(Run::Deletes { .. }) => false,
-        };
-        if !same {
-            self.flush(&target).await?;
-        }
-        match self.runs.entry(target).or_insert(Run::Inserts {
-            oid,
-            rows: Vec::new(),
-        }) {
+        match self.open_run(oid, target, false).await? {
             Run::Inserts { rows, .. } => rows.push(row),
             Run::Deletes { .. } => return Err(Error::internal("an insert run was expected")),
         }
@@ -519,22 +496,36 @@ impl MysqlApplier {
         Ok(())
     }
 
-    async fn on_delete(&mut self, relation: RelationRef, old: OldTuple) -> Result<()> {
-        let oid = self.map(&relation)?;
-        let key = self.key_values(oid, old.tuple())?;
-        let target = self.target_of(oid);
+    /// The run that takes the next change of `oid` into `target`: the open one when it holds
+    /// the same kind of change from the same source table, else a new one after the open one is
+    /// flushed (the target must see the changes in source order).
+    async fn open_run(&mut self, oid: u32, target: String, deletes: bool) -> Result<&mut Run> {
         let same = match self.runs.get(&target) {
             None => true,
-            Some(Run::Deletes { oid: o, .. }) => *o == oid,
-            Some(Run::Inserts { .. }) => false,
+            Some(Run::Deletes { oid: o, .. }) => deletes && *o == oid,
+            Some(Run::Inserts { oid: o, .. }) => !deletes && *o == oid,
         };
         if !same {
             self.flush(&target).await?;
         }
-        match self.runs.entry(target).or_insert(Run::Deletes {
-            oid,
-            keys: Vec::new(),
-        }) {
+        Ok(self.runs.entry(target).or_insert(if deletes {
+            Run::Deletes {
+                oid,
+                keys: Vec::new(),
+            }
+        } else {
+            Run::Inserts {
+                oid,
+                rows: Vec::new(),
+            }
+        }))
+    }
+
+    async fn on_delete(&mut self, relation: RelationRef, old: OldTuple) -> Result<()> {
+        let oid = self.map(&relation)?;
+        let key = self.key_values(oid, old.tuple())?;
+        let target = self.target_of(oid);
+        match self.open_run(oid, target, true).await? {
             Run::Deletes { keys, .. } => keys.push(key),
             Run::Inserts { .. } => return Err(Error::internal("a delete run was expected")),
         }
@@ -640,15 +631,14 @@ async fn read_state_on(
 
 impl ChangeSink for MysqlApplier {
     async fn begin(&mut self, commit_lsn: Lsn, _commit_time: PgTimestamp, _xid: u32) -> Result<()> {
-        self.skipping = already_applied(commit_lsn, self.durable, self.pending);
-        if !self.skipping {
+        if self.checkpoint.begin(commit_lsn) {
             self.ensure_tx().await?;
         }
         Ok(())
     }
 
     async fn change(&mut self, change: Change) -> Result<()> {
-        if self.skipping {
+        if self.checkpoint.skipping() {
             return Ok(());
         }
         self.batch_changes += 1;
@@ -676,17 +666,9 @@ impl ChangeSink for MysqlApplier {
         end_lsn: Lsn,
         commit_time: PgTimestamp,
     ) -> Result<()> {
-        if self.skipping {
-            self.skipping = false;
-            self.skipped_through = self.skipped_through.max(end_lsn);
+        if !self.checkpoint.commit(commit_lsn, end_lsn, commit_time) {
             return Ok(());
         }
-        self.pending = Some(Applied {
-            commit_lsn,
-            end_lsn,
-            commit_time,
-        });
-        self.transactions += 1;
         if self.batch_changes >= self.config.max_batch_changes || self.batch_is_old() {
             Applier::commit_batch(self).await?;
         }
@@ -696,20 +678,15 @@ impl ChangeSink for MysqlApplier {
 
 impl Applier for MysqlApplier {
     fn durable(&self) -> Option<Applied> {
-        self.durable
+        self.checkpoint.durable
     }
 
     fn confirmable(&self) -> Lsn {
-        confirmable_position(
-            self.durable,
-            self.confirmed,
-            self.skipped_through,
-            self.in_tx,
-        )
+        self.checkpoint.confirmable(self.in_tx)
     }
 
     async fn record_confirmed(&mut self, lsn: Lsn) -> Result<()> {
-        if self.in_tx || lsn <= self.confirmed {
+        if self.in_tx || lsn <= self.checkpoint.confirmed {
             return Ok(());
         }
         self.conn
@@ -722,7 +699,7 @@ impl Applier for MysqlApplier {
             )
             .await
             .map_err(|e| my_err("recording the confirmed position on the target", e))?;
-        self.confirmed = lsn;
+        self.checkpoint.confirmed = lsn;
         Ok(())
     }
 
@@ -738,10 +715,10 @@ impl Applier for MysqlApplier {
 
     async fn commit_batch(&mut self) -> Result<Option<Applied>> {
         if !self.in_tx {
-            return Ok(self.durable);
+            return Ok(self.checkpoint.durable);
         }
         self.flush_all().await?;
-        if let Some(p) = self.pending {
+        if let Some(p) = self.checkpoint.pending {
             self.conn
                 .exec_drop(
                     format!(
@@ -777,14 +754,11 @@ impl Applier for MysqlApplier {
         for (n, c) in std::mem::take(&mut self.counts_pending) {
             self.counts_total.entry(n).or_default().add(&c);
         }
-        if self.pending.is_some() {
-            self.durable = self.pending.take();
-        }
-        Ok(self.durable)
+        Ok(self.checkpoint.batch_committed())
     }
 
     fn transactions(&self) -> u64 {
-        self.transactions
+        self.checkpoint.transactions
     }
 
     fn counts(&self) -> &HashMap<QualifiedName, TableCounts> {

@@ -142,7 +142,7 @@ fn route_relation(rel: Relation, route: &Route) -> (Relation, Option<Vec<usize>>
     )
 }
 
-fn project(t: Tuple, keep: &Option<Vec<usize>>) -> Result<Tuple> {
+fn project(t: Tuple, keep: Option<&[usize]>) -> Result<Tuple> {
     match keep {
         None => Ok(t),
         Some(k) => {
@@ -165,7 +165,7 @@ fn project(t: Tuple, keep: &Option<Vec<usize>>) -> Result<Tuple> {
     }
 }
 
-fn project_old(t: OldTuple, keep: &Option<Vec<usize>>) -> Result<OldTuple> {
+fn project_old(t: OldTuple, keep: Option<&[usize]>) -> Result<OldTuple> {
     Ok(match t {
         OldTuple::Key(t) => OldTuple::Key(project(t, keep)?),
         OldTuple::Full(t) => OldTuple::Full(project(t, keep)?),
@@ -289,11 +289,9 @@ impl Assembler {
         })
     }
 
-    /// The relation and its projection; a row narrower than the source relation is refused
-    /// before it is projected.
-    fn rel_projected(&self, oid: u32) -> Result<(RelationRef, Option<Vec<usize>>)> {
-        let rel = self.rel(oid)?;
-        Ok((rel, self.projections.get(&oid).cloned().flatten()))
+    /// The source columns a route keeps for this relation (None: all).
+    fn keep(&self, oid: u32) -> Option<&[usize]> {
+        self.projections.get(&oid).and_then(|p| p.as_deref())
     }
 
     /// Handle one pgoutput message (the payload of an XLogData frame).
@@ -363,29 +361,31 @@ impl Assembler {
             }
             Message::Type { .. } | Message::Origin { .. } => Ok(()),
             Message::Insert { relation, new, .. } => {
-                let (rel, keep) = self.rel_projected(relation)?;
+                let new = project(new, self.keep(relation))?;
                 sink.change(Change::Insert {
-                    relation: rel,
-                    new: project(new, &keep)?,
+                    relation: self.rel(relation)?,
+                    new,
                 })
                 .await
             }
             Message::Update {
                 relation, old, new, ..
             } => {
-                let (rel, keep) = self.rel_projected(relation)?;
+                let keep = self.keep(relation);
+                let old = old.map(|o| project_old(o, keep)).transpose()?;
+                let new = project(new, keep)?;
                 sink.change(Change::Update {
-                    relation: rel,
-                    old: old.map(|o| project_old(o, &keep)).transpose()?,
-                    new: project(new, &keep)?,
+                    relation: self.rel(relation)?,
+                    old,
+                    new,
                 })
                 .await
             }
             Message::Delete { relation, old, .. } => {
-                let (rel, keep) = self.rel_projected(relation)?;
+                let old = project_old(old, self.keep(relation))?;
                 sink.change(Change::Delete {
-                    relation: rel,
-                    old: project_old(old, &keep)?,
+                    relation: self.rel(relation)?,
+                    old,
                 })
                 .await
             }

@@ -24,8 +24,35 @@
 use crate::connect::{Side, classify, connect};
 use pgtide_core::Result;
 use pgtide_core::endpoint::ConnUrl;
-use pgtide_core::ident::quote_literal;
+use pgtide_core::ident::{QualifiedName, quote_literal};
 use tokio_postgres::Client;
+
+/// Lock the tables a load reads in `ACCESS SHARE` mode, in the snapshot's transaction on
+/// `client`, until that transaction ends.
+///
+/// TRUNCATE and most ALTER TABLEs are not MVCC-safe: one committed while the load runs would
+/// show the snapshot an empty or rewritten table, and the target would silently miss rows. With
+/// the lock they wait, as with `pg_dump`; reads and writes are not blocked. `tables` pairs a
+/// name with whether the lock covers its partitions too (otherwise `ONLY`).
+pub async fn lock_for_load(client: &Client, tables: &[(&QualifiedName, bool)]) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = tables
+        .iter()
+        .map(|(t, recurse)| format!("{}{}", if *recurse { "" } else { "ONLY " }, t.quoted()))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE; SET LOCAL lock_timeout = 0",
+            list.join(", ")
+        ))
+        .await
+        .map_err(|e| {
+            classify(e, "locking the source tables against TRUNCATE and ALTER during the load")
+                .with_hint("a session holds an exclusive lock on one of them (a long ALTER TABLE or VACUUM FULL?); retry when it is done")
+        })
+}
 
 /// A snapshot exported by an open transaction on the source.
 pub struct ExportedSnapshot {

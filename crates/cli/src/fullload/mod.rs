@@ -374,37 +374,22 @@ async fn in_transaction<T>(
     }
 }
 
-/// TRUNCATE and most ALTER TABLEs are not MVCC-safe: one committed while the load runs would
-/// show the snapshot an empty or rewritten table, and the target would silently miss rows. An
-/// ACCESS SHARE lock held by the snapshot's transaction until the load ends makes them wait (as
-/// pg_dump does); it blocks no reads or writes.
+/// Lock every table the load reads (see [`pgtide_postgres::snapshot::lock_for_load`]).
 async fn lock_source_tables(client: &Client, schema: &Schema, plan: &LoadPlan) -> Result<()> {
-    let list: Vec<String> = plan
+    let tables: Vec<(&QualifiedName, bool)> = plan
         .tables
         .iter()
         .filter(|t| !t.view)
-        .map(|t| format!("ONLY {}", t.source.quoted()))
+        .map(|t| (&t.source, false))
         .chain(
             schema
                 .tables
                 .iter()
                 .filter(|t| plan.selected.contains(&t.oid) && !t.has_storage())
-                .map(|t| format!("ONLY {}", t.name.quoted())),
+                .map(|t| (&t.name, false)),
         )
         .collect();
-    if list.is_empty() {
-        return Ok(());
-    }
-    client
-        .batch_execute(&format!(
-            "SET LOCAL lock_timeout = '60s'; LOCK TABLE {} IN ACCESS SHARE MODE; SET LOCAL lock_timeout = 0",
-            list.join(", ")
-        ))
-        .await
-        .map_err(|e| {
-            classify(e, "locking the source tables against TRUNCATE and ALTER during the load")
-                .with_hint("a session holds an exclusive lock on one of them (a long ALTER TABLE or VACUUM FULL?); retry when it is done")
-        })
+    pgtide_postgres::snapshot::lock_for_load(client, &tables).await
 }
 
 async fn fill_key_chunks(

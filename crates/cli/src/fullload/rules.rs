@@ -159,9 +159,7 @@ pub(super) async fn rule_ddl(
         let root_level = t
             .partition_of
             .is_none_or(|p| !plan.mappings.contains_key(&p));
-        if !root_level {
-            // A partition keeps its own name unless a rule renames it (below).
-        } else {
+        if root_level {
             // Removed columns go after the whole pre-data script, when comments, defaults,
             // owned sequences and identities that name them exist (they go with the column).
             for c in &m.removed {

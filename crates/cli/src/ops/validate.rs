@@ -585,23 +585,10 @@ pub async fn validate(task: &Task, opts: &ValidateOptions) -> Result<Validation>
             Ok::<_, Error>(())
         }));
     }
-    let mut first_err = None;
-    for w in workers {
-        match w.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(Error::internal(format!("validation worker: {e}")));
-            }
-        }
-    }
+    let joined = crate::join_workers(workers, "validation worker").await;
     let _ = src_snap.batch_execute("COMMIT").await;
     let _ = dst_snap.batch_execute("COMMIT").await;
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    joined?;
     let mut tables: Vec<(TableValidation, u32)> =
         std::mem::take(&mut *results.lock().expect("results"));
     tables.sort_by(|a, b| a.0.table.cmp(&b.0.table));

@@ -165,20 +165,13 @@ pub struct PgApplier {
     touched: Vec<u32>,
     statements: HashMap<String, Statement>,
     in_tx: bool,
-    skipping: bool,
-    durable: Option<Applied>,
-    pending: Option<Applied>,
+    checkpoint: Checkpoint,
     batch_changes: usize,
     batch_bytes: usize,
     buffered_bytes: usize,
     batch_opened: Option<Instant>,
     counts_pending: HashMap<QualifiedName, TableCounts>,
     counts_total: HashMap<QualifiedName, TableCounts>,
-    skipped_through: Lsn,
-    /// Highest position recorded as confirmed to the slot.
-    confirmed: Lsn,
-    /// Source transactions applied since start.
-    pub transactions: u64,
 }
 
 fn value_text(v: &Value, table: &TargetTable, col: usize) -> Result<Option<Bytes>> {
@@ -266,42 +259,32 @@ impl PgApplier {
             touched: Vec::new(),
             statements: HashMap::new(),
             in_tx: false,
-            skipping: false,
-            durable,
-            pending: None,
+            checkpoint: Checkpoint::new(durable, confirmed),
             batch_changes: 0,
             batch_bytes: 0,
             buffered_bytes: 0,
             batch_opened: None,
             counts_pending: HashMap::new(),
             counts_total: HashMap::new(),
-            skipped_through: Lsn::ZERO,
-            confirmed,
-            transactions: 0,
         })
     }
 
     /// The last source transaction durably applied.
     pub fn durable(&self) -> Option<Applied> {
-        self.durable
+        self.checkpoint.durable
     }
 
     /// The position the source may be told is done: the durable checkpoint, later when
     /// transactions after it were skipped as already applied, or the recorded idle position.
     pub fn confirmable(&self) -> Lsn {
-        confirmable_position(
-            self.durable,
-            self.confirmed,
-            self.skipped_through,
-            self.in_tx,
-        )
+        self.checkpoint.confirmable(self.in_tx)
     }
 
     /// Record on the target that the slot will be confirmed up to `lsn` although no applied
     /// transaction ends there (the stream is idle, or everything up to `lsn` was filtered out).
     /// Must be called between batches.
     pub async fn record_confirmed(&mut self, lsn: Lsn) -> Result<()> {
-        if self.in_tx || lsn <= self.confirmed {
+        if self.in_tx || lsn <= self.checkpoint.confirmed {
             return Ok(());
         }
         self.client
@@ -313,7 +296,7 @@ impl PgApplier {
             )
             .await
             .map_err(|e| classify(e, "recording the confirmed position on the target"))?;
-        self.confirmed = lsn;
+        self.checkpoint.confirmed = lsn;
         Ok(())
     }
 
@@ -765,10 +748,10 @@ impl PgApplier {
     /// Commit the open batch with its checkpoint. Returns the new durable position.
     pub async fn commit_batch(&mut self) -> Result<Option<Applied>> {
         if !self.in_tx {
-            return Ok(self.durable);
+            return Ok(self.checkpoint.durable);
         }
         self.flush_all().await?;
-        if let Some(p) = self.pending {
+        if let Some(p) = self.checkpoint.pending {
             self.client
                 .execute(
                     "INSERT INTO pgtide.cdc_progress (task, commit_lsn, end_lsn, commit_time, confirmed_lsn, applied_at) \
@@ -816,10 +799,7 @@ impl PgApplier {
         for (n, c) in std::mem::take(&mut self.counts_pending) {
             self.counts_total.entry(n).or_default().add(&c);
         }
-        if self.pending.is_some() {
-            self.durable = self.pending.take();
-        }
-        Ok(self.durable)
+        Ok(self.checkpoint.batch_committed())
     }
 
     /// Abandon the open batch (after an error); the stream must restart from the checkpoint.
@@ -833,7 +813,7 @@ impl PgApplier {
             st.ordered.clear();
         }
         self.touched.clear();
-        self.pending = None;
+        self.checkpoint.batch_abandoned();
         self.counts_pending.clear();
         self.batch_opened = None;
         self.batch_changes = 0;
@@ -1122,31 +1102,93 @@ pub async fn read_progress(client: &Client, task: &str) -> Result<Option<Progres
     }))
 }
 
-/// Guard 1, shared by every applier: a source transaction at or below the durable checkpoint,
-/// or at or below the one pending in the open batch, was applied already and is skipped whole.
-pub fn already_applied(
-    commit_lsn: Lsn,
-    durable: Option<Applied>,
-    pending: Option<Applied>,
-) -> bool {
-    durable.map(|d| commit_lsn <= d.commit_lsn).unwrap_or(false)
-        || pending.map(|p| commit_lsn <= p.commit_lsn).unwrap_or(false)
+/// Where an applier stands in the source's commit order, with the exactly-once rules on it.
+/// Shared by every applier: what differs per target is only how the position is stored (in
+/// the same target transaction as the changes).
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    /// The last source transaction durably applied.
+    pub durable: Option<Applied>,
+    /// The last source transaction applied in the open batch.
+    pub pending: Option<Applied>,
+    /// Highest position recorded as confirmed with nothing applied there.
+    pub confirmed: Lsn,
+    /// The current source transaction is skipped whole.
+    skipping: bool,
+    /// End of the last transaction skipped as already applied.
+    skipped_through: Lsn,
+    /// Source transactions applied since start.
+    pub transactions: u64,
 }
 
-/// The position the source may be told is done, shared by every applier: the durable
-/// checkpoint or the recorded idle position, and — only between batches — past transactions
-/// skipped as already applied.
-pub fn confirmable_position(
-    durable: Option<Applied>,
-    confirmed: Lsn,
-    skipped_through: Lsn,
-    in_tx: bool,
-) -> Lsn {
-    let d = durable
-        .map(|a| a.end_lsn)
-        .unwrap_or(Lsn::ZERO)
-        .max(confirmed);
-    if in_tx { d } else { d.max(skipped_through) }
+impl Checkpoint {
+    /// The position read from the target at start.
+    pub fn new(durable: Option<Applied>, confirmed: Lsn) -> Self {
+        Checkpoint {
+            durable,
+            confirmed,
+            ..Default::default()
+        }
+    }
+
+    /// Guard 1: a source transaction at or below the durable checkpoint, or at or below the one
+    /// pending in the open batch, was applied already and is skipped whole (never change by
+    /// change). Returns true when the transaction beginning is to be applied.
+    pub fn begin(&mut self, commit_lsn: Lsn) -> bool {
+        let done = |a: Option<Applied>| a.is_some_and(|a| commit_lsn <= a.commit_lsn);
+        self.skipping = done(self.durable) || done(self.pending);
+        !self.skipping
+    }
+
+    /// The current source transaction is being skipped.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// The current source transaction committed. Returns true when it was applied (it is now
+    /// the open batch's pending position); a skipped one only moves what may be confirmed.
+    pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: PgTimestamp) -> bool {
+        if self.skipping {
+            self.skipping = false;
+            self.skipped_through = self.skipped_through.max(end_lsn);
+            return false;
+        }
+        self.pending = Some(Applied {
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        });
+        self.transactions += 1;
+        true
+    }
+
+    /// The position the source may be told is done: the durable checkpoint or the recorded
+    /// idle position, and, only between batches, past transactions skipped as already applied.
+    pub fn confirmable(&self, in_tx: bool) -> Lsn {
+        let d = self
+            .durable
+            .map(|a| a.end_lsn)
+            .unwrap_or(Lsn::ZERO)
+            .max(self.confirmed);
+        if in_tx {
+            d
+        } else {
+            d.max(self.skipped_through)
+        }
+    }
+
+    /// The open batch committed: its pending position is durable. Returns the durable one.
+    pub fn batch_committed(&mut self) -> Option<Applied> {
+        if self.pending.is_some() {
+            self.durable = self.pending.take();
+        }
+        self.durable
+    }
+
+    /// The open batch was abandoned: nothing of it is applied.
+    pub fn batch_abandoned(&mut self) {
+        self.pending = None;
+    }
 }
 
 /// What the streaming loop needs from an applier, whatever the target.
@@ -1197,7 +1239,7 @@ impl Applier for PgApplier {
         PgApplier::commit_batch(self).await
     }
     fn transactions(&self) -> u64 {
-        self.transactions
+        self.checkpoint.transactions
     }
     fn counts(&self) -> &HashMap<QualifiedName, TableCounts> {
         PgApplier::counts(self)
@@ -1207,15 +1249,14 @@ impl Applier for PgApplier {
 impl ChangeSink for PgApplier {
     async fn begin(&mut self, commit_lsn: Lsn, _commit_time: PgTimestamp, _xid: u32) -> Result<()> {
         // Guard 1: a transaction at or below the checkpoint was applied before: skip it whole.
-        self.skipping = already_applied(commit_lsn, self.durable, self.pending);
-        if !self.skipping {
+        if self.checkpoint.begin(commit_lsn) {
             self.ensure_tx().await?;
         }
         Ok(())
     }
 
     async fn change(&mut self, change: Change) -> Result<()> {
-        if self.skipping {
+        if self.checkpoint.skipping() {
             return Ok(());
         }
         self.batch_changes += 1;
@@ -1253,17 +1294,9 @@ impl ChangeSink for PgApplier {
         end_lsn: Lsn,
         commit_time: PgTimestamp,
     ) -> Result<()> {
-        if self.skipping {
-            self.skipping = false;
-            self.skipped_through = self.skipped_through.max(end_lsn);
+        if !self.checkpoint.commit(commit_lsn, end_lsn, commit_time) {
             return Ok(());
         }
-        self.pending = Some(Applied {
-            commit_lsn,
-            end_lsn,
-            commit_time,
-        });
-        self.transactions += 1;
         if self.batch_changes >= self.opts.max_batch_changes
             || self.batch_bytes >= self.opts.max_batch_bytes
             || self.batch_is_old()
@@ -1283,6 +1316,38 @@ mod tests {
         let mut b = BytesMut::new();
         copy_escape(&mut b, b"a\tb\nc\\d\re");
         assert_eq!(&b[..], b"a\\tb\\nc\\\\d\\re");
+    }
+
+    #[test]
+    fn checkpoint_skips_what_was_applied_and_confirms_only_what_is_durable() {
+        let at = |c: u64, e: u64| Applied {
+            commit_lsn: Lsn(c),
+            end_lsn: Lsn(e),
+            commit_time: 0,
+        };
+        let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn(50));
+        // At or below the durable checkpoint: skipped whole; confirmable moves past it only
+        // between batches.
+        assert!(!cp.begin(Lsn(100)));
+        assert!(cp.skipping());
+        assert!(!cp.commit(Lsn(100), Lsn(120), 0));
+        assert_eq!(cp.confirmable(true), Lsn(110));
+        assert_eq!(cp.confirmable(false), Lsn(120));
+        // A new one is applied: pending, not durable, not confirmable.
+        assert!(cp.begin(Lsn(200)));
+        assert!(cp.commit(Lsn(200), Lsn(210), 0));
+        assert_eq!(cp.transactions, 1);
+        assert_eq!(cp.confirmable(true), Lsn(110));
+        // A redelivery of the pending one inside the open batch is skipped too.
+        assert!(!cp.begin(Lsn(200)));
+        assert!(!cp.commit(Lsn(200), Lsn(210), 0));
+        assert_eq!(cp.batch_committed(), Some(at(200, 210)));
+        assert_eq!(cp.confirmable(true), Lsn(210));
+        // An abandoned batch leaves the durable position as it was.
+        assert!(cp.begin(Lsn(300)));
+        assert!(cp.commit(Lsn(300), Lsn(310), 0));
+        cp.batch_abandoned();
+        assert_eq!(cp.batch_committed(), Some(at(200, 210)));
     }
 
     #[test]
