@@ -206,3 +206,95 @@ fn source_restart_and_target_outage_are_survived() {
     );
     finish_and_compare(&source, &target, &task);
 }
+
+/// The slot's confirmed position never passes what the target made durable.
+fn assert_slot_not_ahead(source: &PgServer, target: &PgServer) {
+    let confirmed = source
+        .psql(
+            "src",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pgtide_rc'",
+        )
+        .unwrap();
+    let durable = target
+        .psql(
+            "dst",
+            "SELECT greatest(end_lsn, confirmed_lsn) FROM pgtide.cdc_progress WHERE task = 'rc'",
+        )
+        .unwrap();
+    let ahead = source
+        .psql(
+            "src",
+            &format!("SELECT '{confirmed}'::pg_lsn > '{durable}'::pg_lsn"),
+        )
+        .unwrap();
+    assert_eq!(
+        ahead, "f",
+        "slot confirmed at {confirmed}, target durable at {durable}"
+    );
+}
+
+/// A backlog is drained through the SQL decoding interface in chunks (1 MB of WAL each here,
+/// so there are many chunk boundaries), and that path is exactly-once too: crashes after a
+/// chunk committed and before the slot moved, in the middle of a batch, a stop request and an
+/// end LSN inside the backlog.
+#[test]
+fn a_backlog_drained_in_chunks_survives_crashes_exactly_once() {
+    let (source, target, dir, task) = setup();
+    let yaml = std::fs::read_to_string(&task).unwrap().replace(
+        "full_load: {",
+        "cdc: { catch_up_from_mb: 0, catch_up_chunk_mb: 1, max_batch_changes: 500 }\nfull_load: {",
+    );
+    std::fs::write(&task, yaml).unwrap();
+    let end = current_lsn(&source, "src");
+    run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &end]);
+    assert_eq!(phase(&target, "dst", "rc").as_deref(), Some("cdc"));
+
+    // A backlog builds up while pgtide is not running.
+    let mut bench = workload(&source, dir.path(), 8);
+    assert!(bench.wait().unwrap().success());
+    let err = crash_at(dir.path(), &task, "catch-up-before-advance");
+    assert!(
+        err.contains("catching up through the SQL decoding interface"),
+        "{err}"
+    );
+    assert_slot_not_ahead(&source, &target);
+    crash_at(dir.path(), &task, "catch-up-before-advance");
+    assert_slot_not_ahead(&source, &target);
+    crash_at(dir.path(), &task, "apply-before-commit");
+    assert_slot_not_ahead(&source, &target);
+
+    // An end LSN in the middle of the backlog: exactly the transactions before it.
+    let mut bench = workload(&source, dir.path(), 4);
+    assert!(bench.wait().unwrap().success());
+    let middle = current_lsn(&source, "src");
+    let ledger_at_middle = source.psql("src", "SELECT count(*) FROM ledger").unwrap();
+    let mut bench = workload(&source, dir.path(), 4);
+    assert!(bench.wait().unwrap().success());
+    let out = run_ok_args(&["run", task.to_str().unwrap(), "--end-lsn", &middle]);
+    assert!(out.contains("stopped at end LSN"), "{out}");
+    assert_eq!(
+        target.psql("dst", "SELECT count(*) FROM ledger").unwrap(),
+        ledger_at_middle
+    );
+    assert_eq!(
+        target.psql("dst", "SELECT sum(balance) FROM acct").unwrap(),
+        "0"
+    );
+    assert_slot_not_ahead(&source, &target);
+
+    // A stop request while catching up ends cleanly with whole transactions.
+    let mut bench = workload(&source, dir.path(), 6);
+    assert!(bench.wait().unwrap().success());
+    let run = Running::start(dir.path(), "stop", &["run", task.to_str().unwrap()], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    run.terminate();
+    let (code, out, err) = run.wait();
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        target.psql("dst", "SELECT sum(balance) FROM acct").unwrap(),
+        "0"
+    );
+    assert_slot_not_ahead(&source, &target);
+
+    finish_and_compare(&source, &target, &task);
+}

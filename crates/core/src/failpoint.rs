@@ -8,7 +8,8 @@
 //!
 //! Points: `apply-before-commit` (a batch is written but not committed), `cdc-after-commit`
 //! (a batch is committed, its position not yet confirmed to the source), `load-after-chunk`
-//! (a chunk committed during the full load).
+//! (a chunk committed during the full load), `catch-up-before-advance` (a catch-up chunk is
+//! committed on the target, the slot not yet moved).
 
 use std::sync::OnceLock;
 

@@ -154,6 +154,9 @@ struct RawCdc {
     spill_dir: Option<PathBuf>,
     max_batch_changes: Option<usize>,
     max_batch_delay_ms: Option<u64>,
+    catch_up: Option<bool>,
+    catch_up_from_mb: Option<u64>,
+    catch_up_chunk_mb: Option<u64>,
 }
 
 /// Change data capture settings.
@@ -171,6 +174,18 @@ pub struct CdcSettings {
     pub max_batch_changes: usize,
     /// Longest a target transaction stays open.
     pub max_batch_delay_ms: u64,
+    /// Drain a backlog through the SQL decoding interface before streaming (see
+    /// `pgtide_postgres::replication::peek`), when it is at least `catch_up_from` bytes of WAL.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// When and how a backlog is read through the SQL decoding interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Backlog (bytes of WAL) from which catching up starts; below it the walsender streams.
+    pub from: u64,
+    /// WAL bytes decoded per chunk.
+    pub chunk: u64,
 }
 
 impl CdcSettings {
@@ -602,6 +617,25 @@ impl Task {
             ))
             .with_hint("use a number of milliseconds from 1 to 600000"));
         }
+        let catch_up_chunk_mb = c.catch_up_chunk_mb.unwrap_or(256);
+        if !(1..=65_536).contains(&catch_up_chunk_mb) {
+            return Err(Error::config(format!(
+                "cdc.catch_up_chunk_mb: {catch_up_chunk_mb} is out of range"
+            ))
+            .with_hint("use a number of megabytes from 1 to 65536"));
+        }
+        let catch_up = c.catch_up.unwrap_or(true).then(|| CatchUp {
+            from: c.catch_up_from_mb.unwrap_or(16).saturating_mul(1 << 20),
+            chunk: catch_up_chunk_mb << 20,
+        });
+        if c.catch_up == Some(false)
+            && (c.catch_up_from_mb.is_some() || c.catch_up_chunk_mb.is_some())
+        {
+            return Err(Error::config(
+                "cdc.catch_up is false, so cdc.catch_up_from_mb and cdc.catch_up_chunk_mb have no effect",
+            )
+            .with_hint("remove them, or set cdc.catch_up: true"));
+        }
         let spill_dir = c
             .spill_dir
             .unwrap_or_else(|| std::env::temp_dir().join(format!("pgtide-{}", raw.name)));
@@ -635,6 +669,7 @@ impl Task {
                 spill_dir,
                 max_batch_changes,
                 max_batch_delay_ms,
+                catch_up,
             },
         })
     }

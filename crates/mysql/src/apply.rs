@@ -713,6 +713,10 @@ impl Applier for MysqlApplier {
             .unwrap_or(false)
     }
 
+    async fn hand_off_batch(&mut self) -> Result<()> {
+        self.commit_batch().await.map(|_| ())
+    }
+
     async fn commit_batch(&mut self) -> Result<Option<Applied>> {
         if !self.in_tx {
             return Ok(self.checkpoint.durable);

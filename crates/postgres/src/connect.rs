@@ -56,12 +56,28 @@ pub fn driver_config(url: &ConnUrl) -> Config {
 /// Open a connection and run its I/O on a background task. Server notices are logged at
 /// debug level (they can quote user data, e.g. `RAISE NOTICE` in a trigger).
 pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
+    connect_with_options(url, side, "").await
+}
+
+/// [`connect`] with extra server settings for the session (`-c name=value ...`, constants of
+/// ours, never user input).
+pub async fn connect_with_options(url: &ConnUrl, side: Side, options: &str) -> Result<Client> {
     let mut config = driver_config(url);
+    let mut all = String::new();
     if matches!(side, Side::Source) {
         // Row-level security would make COPY and SELECT on the source silently return only the
         // rows its policies let the task's user see. With `row_security = off` (as pg_dump does)
         // such a read fails instead, and the error says how to get every row.
-        config.options("-c row_security=off");
+        all.push_str("-c row_security=off");
+    }
+    if !options.is_empty() {
+        if !all.is_empty() {
+            all.push(' ');
+        }
+        all.push_str(options);
+    }
+    if !all.is_empty() {
+        config.options(&all);
     }
     let what = format!("cannot connect to the {side} {url}");
     let tls = crate::tls::client_config(url)?;

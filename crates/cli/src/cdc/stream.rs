@@ -19,6 +19,14 @@
 //! WAL; that position is recorded on the target first, so that a slot found further ahead after
 //! a restart can be told apart from one that lost changes.
 //!
+//! # Catching up
+//!
+//! Before streaming, a backlog of at least `cdc.catch_up_from_mb` is read in chunks through
+//! the SQL decoding interface (`pgtide_postgres::replication::peek` has the why and the
+//! exactly-once argument): the same guards apply to each message, a chunk's transactions are
+//! committed on the target before the slot is moved past them, and streaming then starts where
+//! the target is.
+//!
 //! # Reconnecting
 //!
 //! Any retryable failure (source or target restarting, a dropped connection, a slot still held
@@ -37,7 +45,7 @@ use pgtide_postgres::apply::{Applier, ApplyOptions, PgApplier};
 use pgtide_postgres::changes::Assembler;
 use pgtide_postgres::connect::{Side, classify, connect};
 use pgtide_postgres::replication::wire::StreamMessage;
-use pgtide_postgres::replication::{ReplicationClient, WalStream};
+use pgtide_postgres::replication::{ReplicationClient, WalStream, peek};
 use pgtide_postgres::slot::{check_slot, slot_info};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -235,10 +243,31 @@ async fn stream_into<A: Applier>(
         ),
         ("publication_names", pubs.join(",")),
     ];
+    let mut streaming_options = Vec::new();
     if version >= 140000 {
-        options.push(("streaming", "on".into()));
         options.push(("messages", "true".into()));
+        streaming_options.push(("streaming", "on".into()));
     }
+    let mut asm = Assembler::new(task.cdc.spill_dir.clone())?.with_routes(setup.routes.clone());
+    // A backlog is read through the SQL decoding interface first (the walsender costs the
+    // source several times more CPU per message while it drains one); streaming starts where
+    // that leaves off.
+    let mut start = start;
+    if let Some(settings) = task.cdc.catch_up {
+        let mut catch = CatchUpRun {
+            task,
+            setup,
+            shutdown,
+            status,
+            settings,
+            slot_confirmed: info.confirmed_flush.unwrap_or(Lsn::ZERO),
+        };
+        if let Some(stop) = catch.run(&mut applier, &mut asm, &options, start).await? {
+            return Ok(stop);
+        }
+        start = start.max(applier.confirmable());
+    }
+    options.extend(streaming_options);
     let stream = repl
         .start_logical(&setup.slot, start, &options)
         .await
@@ -251,7 +280,6 @@ async fn stream_into<A: Applier>(
         })?;
     // Read ahead while the target works, holding at most 64 MB of received changes.
     let mut stream = stream.pipelined(64 << 20);
-    let mut asm = Assembler::new(task.cdc.spill_dir.clone())?.with_routes(setup.routes.clone());
     status.set_phase("streaming");
     tracing::info!(slot = %setup.slot, start = %start, "streaming changes");
 
@@ -310,7 +338,7 @@ async fn stream_into<A: Applier>(
                         }
                         asm.process(data, &mut applier).await?;
                         if !asm.in_transaction() && applier.batch_is_old() {
-                            applier.commit_batch().await?;
+                            applier.hand_off_batch().await?;
                             publish!();
                         }
                     }
@@ -380,6 +408,246 @@ async fn stream_into<A: Applier>(
                 heartbeat_ok = false;
             }
         }
+    }
+}
+
+/// A background task that ends with its owner (a read-ahead nobody will apply is stopped, and
+/// its session with the slot copy closed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A chunk being applied: decoded on the task's slot (on the control session), or ahead on a
+/// copy of it.
+enum Chunk {
+    Slot(peek::PeekChunk, Lsn),
+    Ahead(peek::ReadAhead),
+}
+
+impl Chunk {
+    fn upto(&self) -> Lsn {
+        match self {
+            Chunk::Slot(_, upto) => *upto,
+            Chunk::Ahead(ra) => ra.upto,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>> {
+        match self {
+            Chunk::Slot(c, _) => c.next().await,
+            Chunk::Ahead(ra) => ra.next().await,
+        }
+    }
+}
+
+/// One catch-up through the SQL decoding interface (see `pgtide_postgres::replication::peek`
+/// for why and for the exactly-once argument).
+struct CatchUpRun<'a> {
+    task: &'a Task,
+    setup: &'a StreamSetup,
+    shutdown: &'a Shutdown,
+    status: &'a Arc<CdcStatus>,
+    settings: pgtide_core::task::CatchUp,
+    /// The slot's confirmed position as last set (it cannot be moved backwards).
+    slot_confirmed: Lsn,
+}
+
+impl CatchUpRun<'_> {
+    /// Apply chunk after chunk while the backlog is at least `settings.from`, decoding the
+    /// next chunk on a copy of the slot while one is applied. Returns the stop when
+    /// `--end-lsn` or a stop request ended the run during the catch-up; `None` when the rest is
+    /// to be streamed. Between chunks nothing is open: every applied transaction is durable on
+    /// the target and the slot is confirmed up to it.
+    async fn run<A: Applier>(
+        &mut self,
+        applier: &mut A,
+        asm: &mut Assembler,
+        options: &[(&str, String)],
+        start: Lsn,
+    ) -> Result<Option<Stop>> {
+        let session_options = replication_session_options(&self.setup.target);
+        let control = pgtide_postgres::connect::connect_with_options(
+            &self.task.source.url,
+            Side::Source,
+            &session_options,
+        )
+        .await?;
+        let slot = self.setup.slot.clone();
+        // Everything committed before `position` is applied (or was confirmed before).
+        let mut position = start.max(applier.confirmable());
+        let mut announced = false;
+        // Chunks start small so that reading ahead starts early, and double up to the setting.
+        let mut size = (self.settings.chunk / 8).max(1);
+        let mut ahead: Option<AbortOnDrop<Result<peek::ReadAhead>>> = None;
+        let mut read_ahead_ok = true;
+        let mut first = true;
+        loop {
+            if self.shutdown.is_triggered() {
+                drop(ahead.take());
+                self.confirm(&control, position).await?;
+                return Ok(Some(Stop::Signal));
+            }
+            // The chunk decoded ahead, if it starts where the target is.
+            let mut current = None;
+            if let Some(mut handle) = ahead.take() {
+                match (&mut handle.0).await {
+                    Ok(Ok(ra)) if ra.from <= position => current = Some(Chunk::Ahead(ra)),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if e.is_retryable() => return Err(e),
+                    Ok(Err(e)) => {
+                        tracing::warn!(
+                            "catching up without decoding ahead (one chunk at a time): {}",
+                            e.report()
+                        );
+                        read_ahead_ok = false;
+                    }
+                    Err(e) => return Err(Error::internal(format!("decoding ahead failed: {e}"))),
+                }
+            }
+            // The flush position, not the insert position: decoding reads only flushed WAL,
+            // and a chunk must end where decoding can reach. Read while the control session
+            // is free (it carries the rows of a chunk decoded on the slot itself).
+            let head = peek::server_position(&control).await?;
+            self.status.server_at(head);
+            let limit = match self.setup.end_lsn {
+                Some(end) => end.min(head),
+                None => head,
+            };
+            let mut current = match current {
+                Some(c) => c,
+                None => {
+                    if limit <= position || limit.0 - position.0 < self.settings.from {
+                        self.confirm(&control, position).await?;
+                        return Ok(None);
+                    }
+                    if !announced {
+                        announced = true;
+                        self.status.set_phase("catching up");
+                        tracing::info!(slot, from = %position, backlog_bytes = head.0.saturating_sub(position.0), "catching up through the SQL decoding interface");
+                    }
+                    // The slot may trail the target's checkpoint (a run stopped between its
+                    // commit and its confirmation): move it first, so the chunk does not
+                    // re-send applied work.
+                    self.confirm(&control, position).await?;
+                    let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
+                    tracing::debug!(slot, from = %position, upto = %upto, "decoding a chunk");
+                    let chunk =
+                        match peek::PeekChunk::start(&control, &slot, upto, options, 4096).await {
+                            Ok(chunk) => chunk,
+                            // The SQL interface may be refused where the replication protocol
+                            // is not (a function's privileges, a managed service): stream.
+                            Err(e) if !e.is_retryable() && first => {
+                                tracing::warn!("catching up by streaming instead: {}", e.report());
+                                return Ok(None);
+                            }
+                            Err(e) => return Err(e),
+                        };
+                    Chunk::Slot(chunk, upto)
+                }
+            };
+            first = false;
+            let upto = current.upto();
+            size = (size.saturating_mul(2)).min(self.settings.chunk);
+            // Decode the next chunk meanwhile, on a copy of the slot.
+            if read_ahead_ok && limit > upto && limit.0 - upto.0 >= self.settings.from {
+                let next_upto = Lsn(limit.0.min(upto.0.saturating_add(size)));
+                let url = self.task.source.url.clone();
+                let owned: Vec<(String, String)> = options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                let (slot, session_options) = (slot.clone(), session_options.clone());
+                tracing::debug!(slot, from = %upto, upto = %next_upto, "decoding the next chunk ahead");
+                ahead = Some(AbortOnDrop(tokio::spawn(async move {
+                    let session = pgtide_postgres::connect::connect_with_options(
+                        &url,
+                        Side::Source,
+                        &session_options,
+                    )
+                    .await?;
+                    let opts: Vec<(&str, String)> =
+                        owned.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                    peek::ReadAhead::start(session, &slot, upto, next_upto, &opts, 4096).await
+                })));
+            }
+            let mut stopping = false;
+            loop {
+                let data = tokio::select! {
+                    biased;
+                    _ = self.shutdown.wait(), if !stopping => {
+                        stopping = true;
+                        self.status.set_phase("stopping");
+                        continue;
+                    }
+                    m = current.next() => m?,
+                };
+                let Some(data) = data else { break };
+                if !asm.in_transaction() {
+                    let end = self
+                        .setup
+                        .end_lsn
+                        .filter(|&end| commit_position(&data).is_some_and(|c| c >= end));
+                    if end.is_some() || stopping {
+                        // The control session must be free of the chunk's rows first.
+                        drop(current);
+                        drop(ahead.take());
+                        applier.commit_batch().await?;
+                        self.confirm(&control, applier.confirmable()).await?;
+                        self.publish(applier, end.is_some());
+                        return Ok(Some(end.map(Stop::EndLsn).unwrap_or(Stop::Signal)));
+                    }
+                }
+                asm.process(data, applier).await?;
+                if !asm.in_transaction() && applier.batch_is_old() {
+                    applier.hand_off_batch().await?;
+                    self.publish(applier, false);
+                }
+            }
+            drop(current);
+            if asm.in_transaction() {
+                return Err(Error::internal(format!(
+                    "decoding replication slot {slot} up to {upto} ended inside a transaction"
+                )));
+            }
+            applier.commit_batch().await?;
+            // Every transaction whose commit record starts before `upto` was in this chunk or
+            // an earlier one, so the position is recorded even when none of them was
+            // published (an all-filtered chunk would otherwise be decoded again and again).
+            applier.record_confirmed(upto).await?;
+            pgtide_core::failpoint::hit("catch-up-before-advance");
+            position = applier.confirmable();
+            self.confirm(&control, position).await?;
+            self.publish(applier, false);
+            if self.setup.end_lsn == Some(upto) {
+                return Ok(Some(Stop::EndLsn(upto)));
+            }
+            if stopping {
+                return Ok(Some(Stop::Signal));
+            }
+        }
+    }
+
+    /// Move the slot to `to` when that is ahead of it (only positions durable on the target).
+    async fn confirm(&mut self, client: &tokio_postgres::Client, to: Lsn) -> Result<()> {
+        if to > self.slot_confirmed {
+            peek::advance_slot(client, &self.setup.slot, to).await?;
+            self.slot_confirmed = to;
+        }
+        Ok(())
+    }
+
+    fn publish<A: Applier>(&self, applier: &A, caught_up: bool) {
+        self.status.update(
+            applier.durable(),
+            applier.confirmable(),
+            caught_up,
+            applier.transactions(),
+            applier.counts(),
+        );
     }
 }
 

@@ -37,22 +37,22 @@
 //! when COMMIT returns, the position is durable and may be confirmed to the source.
 
 mod buffer;
+mod executor;
 mod sql;
 
 use crate::changes::{Change, ChangeSink, RelationRef};
 use crate::connect::classify;
 use crate::pgoutput::{OldTuple, PgTimestamp, Tuple, Value};
-use buffer::{Compacted, Key, Ordered, Patch, Row};
+use buffer::{Compacted, Drained, Key, Ordered, Patch, Row};
 use bytes::{Bytes, BytesMut};
-use futures::SinkExt;
-use pgtide_core::ident::{QualifiedName, quote_ident};
+use executor::{Executor, Step};
+use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, ErrorKind, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 /// Batch limits.
 #[derive(Debug, Clone)]
@@ -149,12 +149,34 @@ struct TableState {
     ordered: Vec<Ordered>,
 }
 
+/// Work handed to the executor and not yet waited for.
+struct InFlight {
+    handle: tokio::task::JoinHandle<(Executor, Result<()>)>,
+    /// It ends with the batch's COMMIT.
+    commits: bool,
+    /// The batch's change counts, added to the totals once it committed.
+    counts: Vec<(QualifiedName, TableCounts)>,
+}
+
+impl Drop for PgApplier {
+    fn drop(&mut self) {
+        // Dropped on an error: the connection closes and the target rolls back whatever was
+        // not committed; the checkpoint tells the next run where to resume.
+        if let Some(f) = &self.in_flight {
+            f.handle.abort();
+        }
+    }
+}
+
 /// Parameters of one single-row statement: (column index, text value or NULL).
 type Bound = Vec<(usize, Option<Bytes>)>;
 
 /// Applies [`Change`]s to a PostgreSQL target; implements [`ChangeSink`].
 pub struct PgApplier {
-    client: Client,
+    /// The target connection, when no work is in flight on it.
+    executor: Option<Executor>,
+    /// Work running on the target while the next batch is built (see [`executor`]).
+    in_flight: Option<InFlight>,
     task: String,
     opts: ApplyOptions,
     /// Primary keys known from the source catalog, for `REPLICA IDENTITY FULL` tables that
@@ -163,7 +185,7 @@ pub struct PgApplier {
     tables: HashMap<u32, TableState>,
     /// Tables with buffered changes, in first-touch order.
     touched: Vec<u32>,
-    statements: HashMap<String, Statement>,
+    /// A batch is being built (its transaction opens with its first statements).
     in_tx: bool,
     checkpoint: Checkpoint,
     batch_changes: usize,
@@ -251,13 +273,13 @@ impl PgApplier {
             None => (None, Lsn::ZERO),
         };
         Ok(PgApplier {
-            client,
+            executor: Some(Executor::new(client, task)),
+            in_flight: None,
             task: task.to_string(),
             opts,
             source_keys,
             tables: HashMap::new(),
             touched: Vec::new(),
-            statements: HashMap::new(),
             in_tx: false,
             checkpoint: Checkpoint::new(durable, confirmed),
             batch_changes: 0,
@@ -277,7 +299,7 @@ impl PgApplier {
     /// The position the source may be told is done: the durable checkpoint, later when
     /// transactions after it were skipped as already applied, or the recorded idle position.
     pub fn confirmable(&self) -> Lsn {
-        self.checkpoint.confirmable(self.in_tx)
+        self.checkpoint.confirmable(self.has_open_batch())
     }
 
     /// Record on the target that the slot will be confirmed up to `lsn` although no applied
@@ -287,12 +309,17 @@ impl PgApplier {
         if self.in_tx || lsn <= self.checkpoint.confirmed {
             return Ok(());
         }
-        self.client
+        let task = self.task.clone();
+        let ex = self.settle().await?;
+        if ex.open {
+            return Ok(());
+        }
+        ex.client
             .execute(
                 "INSERT INTO pgtide.cdc_progress (task, commit_lsn, end_lsn, commit_time, confirmed_lsn, applied_at) \
                  VALUES ($1, '0/0', '0/0', NULL, $2::text::pg_lsn, now()) \
                  ON CONFLICT (task) DO UPDATE SET confirmed_lsn = greatest(cdc_progress.confirmed_lsn, EXCLUDED.confirmed_lsn)",
-                &[&self.task, &lsn.to_string()],
+                &[&task, &lsn.to_string()],
             )
             .await
             .map_err(|e| classify(e, "recording the confirmed position on the target"))?;
@@ -300,9 +327,9 @@ impl PgApplier {
         Ok(())
     }
 
-    /// A target transaction is open (changes not yet durable).
+    /// A batch is being built or is in flight on the target (changes not yet durable).
     pub fn has_open_batch(&self) -> bool {
-        self.in_tx
+        self.in_tx || self.in_flight.is_some()
     }
 
     /// The open batch is older than `max_batch_age`.
@@ -317,26 +344,6 @@ impl PgApplier {
         &self.counts_total
     }
 
-    async fn exec(&self, sql: &str, what: &str) -> Result<()> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| classify(e, what))
-    }
-
-    async fn statement(&mut self, key: String, sql: impl FnOnce() -> String) -> Result<Statement> {
-        if let Some(s) = self.statements.get(&key) {
-            return Ok(s.clone());
-        }
-        let s = self
-            .client
-            .prepare(&sql())
-            .await
-            .map_err(|e| classify(e, "preparing an apply statement on the target"))?;
-        self.statements.insert(key, s.clone());
-        Ok(s)
-    }
-
     /// The table's state, resolving it against the target on first sight or when the source
     /// sent a new shape for it (buffered changes of the old shape are applied first).
     async fn state(&mut self, rel: &RelationRef) -> Result<Arc<TargetTable>> {
@@ -348,8 +355,7 @@ impl PgApplier {
         if self.tables.contains_key(&rel.oid) {
             self.flush_table(rel.oid).await?;
         }
-        self.statements
-            .retain(|k, _| !k.ends_with(&format!(":{}", rel.oid)));
+        self.settle().await?.forget_table(rel.oid);
         let table = Arc::new(self.resolve(rel).await?);
         self.tables.insert(
             rel.oid,
@@ -363,7 +369,9 @@ impl PgApplier {
         Ok(table)
     }
 
-    async fn resolve(&self, rel: &RelationRef) -> Result<TargetTable> {
+    async fn resolve(&mut self, rel: &RelationRef) -> Result<TargetTable> {
+        self.settle().await?;
+        let client = &self.executor.as_ref().expect("settled").client;
         let name = QualifiedName::new(
             if rel.namespace.is_empty() {
                 "pg_catalog"
@@ -372,8 +380,7 @@ impl PgApplier {
             },
             rel.name.clone(),
         );
-        let rows = self
-            .client
+        let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '' \
                  FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
@@ -442,8 +449,7 @@ impl PgApplier {
         // could be violated halfway through a set-based statement. A unique index that covers
         // every key column is implied by the key and harmless.
         let key_names: Vec<&str> = key.iter().map(|&i| columns[i].as_str()).collect();
-        let rules = self
-            .client
+        let rules = client
             .query(
                 "SELECT i.indisexclusion OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL, \
                         ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a \
@@ -484,328 +490,144 @@ impl PgApplier {
         self.batch_bytes += size;
     }
 
-    /// Apply every buffered change into the open transaction.
-    async fn flush_all(&mut self) -> Result<()> {
-        for oid in std::mem::take(&mut self.touched) {
-            self.flush_table(oid).await?;
-        }
-        self.buffered_bytes = 0;
-        Ok(())
-    }
-
-    async fn flush_table(&mut self, oid: u32) -> Result<()> {
-        let Some(st) = self.tables.get_mut(&oid) else {
-            return Ok(());
-        };
-        let table = st.table.clone();
-        let drained = st.compact.drain();
-        let ordered = std::mem::take(&mut st.ordered);
-        if !drained.deletes.is_empty() {
-            let n = drained.deletes.len();
-            let stmt = self
-                .statement(format!("D:{oid}"), || sql::delete_run_sql(&table))
-                .await?;
-            let got = self
-                .execute_columns(&stmt, &table, &table.key, &drained.deletes)
-                .await?;
-            if got != n as u64 {
-                return Err(diverged(&table.name, "deletes", n, got));
-            }
-        }
-        for (sig, group) in drained.updates {
-            let set: Vec<usize> = sig
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| **s)
-                .map(|(i, _)| i)
-                .collect();
-            let n = group.len();
-            let stmt = self
-                .statement(format!("U{set:?}:{oid}"), || {
-                    sql::update_run_sql(&table, &set)
-                })
-                .await?;
-            let rows: Vec<Vec<Option<Bytes>>> = group
-                .into_iter()
-                .map(|(key, patch)| {
-                    key.into_iter()
-                        .chain(set.iter().map(|&c| patch[c].clone().flatten()))
-                        .collect()
-                })
-                .collect();
-            let cols: Vec<usize> = table.key.iter().chain(set.iter()).copied().collect();
-            let got = self.execute_columns(&stmt, &table, &cols, &rows).await?;
-            if got != n as u64 {
-                return Err(diverged(&table.name, "updates", n, got));
-            }
-        }
-        if !drained.inserts.is_empty() {
-            self.copy_rows(&table, &drained.inserts).await?;
-        }
-        // Ordered changes: runs of inserts go by COPY, everything else one statement per row,
-        // pipelined in order.
-        let mut i = 0;
-        while i < ordered.len() {
-            if let Ordered::Insert(_) = ordered[i] {
-                let mut rows = Vec::new();
-                while let Some(Ordered::Insert(r)) = ordered.get(i) {
-                    rows.push(r.clone());
-                    i += 1;
-                }
-                self.copy_rows(&table, &rows).await?;
-            } else {
-                let start = i;
-                while i < ordered.len() && !matches!(ordered[i], Ordered::Insert(_)) {
-                    i += 1;
-                }
-                self.pipeline(oid, &table, &ordered[start..i]).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn copy_rows(&self, table: &TargetTable, rows: &[Row]) -> Result<()> {
-        let what = format!("inserting into {}", table.name);
-        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(c)).collect();
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN",
-            table.name.quoted(),
-            cols.join(", ")
-        );
-        let sink = self
-            .client
-            .copy_in::<_, Bytes>(&sql)
-            .await
-            .map_err(|e| classify(e, &what))?;
-        futures::pin_mut!(sink);
-        let mut buf = BytesMut::with_capacity(1 << 20);
-        for row in rows {
-            for (i, v) in row.iter().enumerate() {
-                if i > 0 {
-                    buf.extend_from_slice(b"\t");
-                }
-                match v {
-                    None => buf.extend_from_slice(b"\\N"),
-                    Some(b) => copy_escape(&mut buf, b),
-                }
-            }
-            buf.extend_from_slice(b"\n");
-            if buf.len() >= 1 << 20 {
-                sink.send(buf.split().freeze())
-                    .await
-                    .map_err(|e| classify(e, &what))?;
-            }
-        }
-        if !buf.is_empty() {
-            sink.send(buf.split().freeze())
-                .await
-                .map_err(|e| classify(e, &what))?;
-        }
-        let got = sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(|e| classify(e, &what))?;
-        if got != rows.len() as u64 {
-            return Err(diverged(&table.name, "inserts", rows.len(), got));
-        }
-        Ok(())
-    }
-
-    /// Execute a set-based statement whose parameters are one text[] per column of `cols`.
-    async fn execute_columns(
-        &self,
-        stmt: &Statement,
-        table: &TargetTable,
-        cols: &[usize],
-        rows: &[Vec<Option<Bytes>>],
-    ) -> Result<u64> {
-        let mut arrays: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); cols.len()];
-        for row in rows {
-            for (j, v) in row.iter().enumerate() {
-                arrays[j].push(as_str(v, table, cols[j])?);
-            }
-        }
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(stmt, &params)
-            .await
-            .map_err(|e| classify(e, &format!("applying changes to {}", table.name)))
-    }
-
-    /// Single-row statements, in order, sent back to back on the connection; each must touch
-    /// exactly one row.
-    async fn pipeline(&mut self, oid: u32, table: &TargetTable, changes: &[Ordered]) -> Result<()> {
-        let mut prepared: Vec<(Statement, Bound, &'static str)> = Vec::with_capacity(changes.len());
-        for c in changes {
-            let (stmt, values, what) = match c {
-                Ordered::Update { key, patch } => {
-                    let set: Vec<usize> =
-                        (0..patch.len()).filter(|&i| patch[i].is_some()).collect();
-                    let stmt = self
-                        .statement(format!("K{set:?}:{oid}"), || {
-                            sql::key_update_sql(table, &set)
-                        })
-                        .await?;
-                    let mut v: Bound = set
-                        .iter()
-                        .map(|&c| (c, patch[c].clone().flatten()))
-                        .collect();
-                    v.extend(
-                        table
-                            .key
-                            .iter()
-                            .zip(key.iter().cloned())
-                            .map(|(&c, k)| (c, k)),
-                    );
-                    (stmt, v, "an update")
-                }
-                Ordered::Delete { key } => {
-                    let stmt = self
-                        .statement(format!("D1:{oid}"), || sql::key_delete_sql(table))
-                        .await?;
-                    let v: Bound = table
-                        .key
-                        .iter()
-                        .zip(key.iter().cloned())
-                        .map(|(&c, k)| (c, k))
-                        .collect();
-                    (stmt, v, "a delete")
-                }
-                Ordered::WholeRowUpdate { old, patch } => {
-                    let set: Vec<usize> =
-                        (0..patch.len()).filter(|&i| patch[i].is_some()).collect();
-                    let matchable: Vec<usize> =
-                        (0..old.len()).filter(|&i| old[i].is_some()).collect();
-                    let stmt = self
-                        .statement(format!("WU{set:?}{matchable:?}:{oid}"), || {
-                            sql::whole_row_update_sql(table, &set, &matchable)
-                        })
-                        .await?;
-                    let mut v: Bound = set
-                        .iter()
-                        .map(|&c| (c, patch[c].clone().flatten()))
-                        .collect();
-                    v.extend(matchable.iter().map(|&c| (c, old[c].clone().flatten())));
-                    (stmt, v, "an update")
-                }
-                Ordered::WholeRowDelete { old } => {
-                    let matchable: Vec<usize> =
-                        (0..old.len()).filter(|&i| old[i].is_some()).collect();
-                    let stmt = self
-                        .statement(format!("WD{matchable:?}:{oid}"), || {
-                            sql::whole_row_delete_sql(table, &matchable)
-                        })
-                        .await?;
-                    let v: Vec<(usize, Option<Bytes>)> = matchable
-                        .iter()
-                        .map(|&c| (c, old[c].clone().flatten()))
-                        .collect();
-                    (stmt, v, "a delete")
-                }
-                Ordered::Insert(_) => unreachable!("inserts are copied, not pipelined"),
-            };
-            prepared.push((stmt, values, what));
-        }
-        let texts: Vec<Vec<Option<&str>>> = prepared
-            .iter()
-            .map(|(_, values, _)| {
-                values
-                    .iter()
-                    .map(|(c, v)| as_str(v, table, *c))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = texts
-            .iter()
-            .map(|t| t.iter().map(|v| v as &(dyn ToSql + Sync)).collect())
-            .collect();
-        let futures = prepared
-            .iter()
-            .zip(&params)
-            .map(|((stmt, _, _), p)| self.client.execute(stmt, p));
-        let results = futures::future::join_all(futures).await;
-        for (r, (_, _, what)) in results.into_iter().zip(&prepared) {
-            let got = r.map_err(|e| classify(e, &format!("applying {what} to {}", table.name)))?;
-            if got != 1 {
-                return Err(diverged(&table.name, what, 1, got));
-            }
-        }
-        Ok(())
-    }
-
-    async fn ensure_tx(&mut self) -> Result<()> {
+    /// A batch starts with its first applied transaction. `BEGIN` itself is sent by the
+    /// executor with the batch's first statements.
+    fn ensure_tx(&mut self) {
         if !self.in_tx {
-            self.exec("BEGIN", "starting an apply transaction on the target")
-                .await?;
             self.in_tx = true;
             self.batch_opened = Some(Instant::now());
         }
+    }
+
+    /// Wait for the work in flight, if any, and take its outcome: a committed batch becomes
+    /// durable. Returns the connection, free for the caller.
+    async fn settle(&mut self) -> Result<&mut Executor> {
+        if let Some(f) = self.in_flight.take() {
+            let (ex, result) = f.handle.await.map_err(|e| {
+                Error::internal(format!("the task applying to the target failed: {e}"))
+            })?;
+            self.executor = Some(ex);
+            result?;
+            if f.commits {
+                self.checkpoint.in_flight_committed();
+                for (n, c) in f.counts {
+                    self.counts_total.entry(n).or_default().add(&c);
+                }
+            }
+        }
+        self.executor
+            .as_mut()
+            .ok_or_else(|| Error::internal("the target connection was lost with a failed batch"))
+    }
+
+    /// Hand `steps` to the executor on its own task, after the previous work is done.
+    async fn submit(
+        &mut self,
+        steps: Vec<Step>,
+        commits: bool,
+        counts: Vec<(QualifiedName, TableCounts)>,
+    ) -> Result<()> {
+        self.settle().await?;
+        let mut ex = self.executor.take().expect("settled");
+        let handle = tokio::spawn(async move {
+            let result = ex.run(steps).await;
+            (ex, result)
+        });
+        self.in_flight = Some(InFlight {
+            handle,
+            commits,
+            counts,
+        });
         Ok(())
     }
 
-    /// Commit the open batch with its checkpoint. Returns the new durable position.
-    pub async fn commit_batch(&mut self) -> Result<Option<Applied>> {
-        if !self.in_tx {
-            return Ok(self.checkpoint.durable);
-        }
-        self.flush_all().await?;
-        if let Some(p) = self.checkpoint.pending {
-            self.client
-                .execute(
-                    "INSERT INTO pgtide.cdc_progress (task, commit_lsn, end_lsn, commit_time, confirmed_lsn, applied_at) \
-                     VALUES ($1, $2::text::pg_lsn, $3::text::pg_lsn, $4, $3::text::pg_lsn, now()) \
-                     ON CONFLICT (task) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, \
-                       commit_time = EXCLUDED.commit_time, applied_at = EXCLUDED.applied_at, \
-                       confirmed_lsn = greatest(cdc_progress.confirmed_lsn, EXCLUDED.end_lsn)",
-                    &[&self.task, &p.commit_lsn.to_string(), &p.end_lsn.to_string(), &pg_time(p.commit_time)],
-                )
-                .await
-                .map_err(|e| classify(e, "recording the applied position on the target"))?;
-        }
-        if !self.counts_pending.is_empty() {
-            let mut schemas = Vec::new();
-            let mut names = Vec::new();
-            let (mut ins, mut upd, mut del, mut tru) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (n, c) in &self.counts_pending {
-                schemas.push(n.schema.clone());
-                names.push(n.name.clone());
-                ins.push(c.inserts as i64);
-                upd.push(c.updates as i64);
-                del.push(c.deletes as i64);
-                tru.push(c.truncates as i64);
+    /// The buffered changes of every touched table, as executor steps.
+    fn drain_steps(&mut self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for oid in std::mem::take(&mut self.touched) {
+            if let Some(step) = self.drain_table(oid) {
+                steps.push(step);
             }
-            self.client
-                .execute(
-                    "INSERT INTO pgtide.cdc_table_stats AS s (task, schema_name, table_name, inserts, updates, deletes, truncates) \
-                     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) \
-                     ON CONFLICT (task, schema_name, table_name) DO UPDATE SET inserts = s.inserts + EXCLUDED.inserts, \
-                       updates = s.updates + EXCLUDED.updates, deletes = s.deletes + EXCLUDED.deletes, \
-                       truncates = s.truncates + EXCLUDED.truncates",
-                    &[&self.task, &schemas, &names, &ins, &upd, &del, &tru],
-                )
-                .await
-                .map_err(|e| classify(e, "recording change counts on the target"))?;
         }
-        pgtide_core::failpoint::hit("apply-before-commit");
-        self.exec("COMMIT", "committing an apply transaction on the target")
-            .await?;
+        self.buffered_bytes = 0;
+        steps
+    }
+
+    fn drain_table(&mut self, oid: u32) -> Option<Step> {
+        let st = self.tables.get_mut(&oid)?;
+        let drained = st.compact.drain();
+        let ordered = std::mem::take(&mut st.ordered);
+        if drained == Drained::default() && ordered.is_empty() {
+            return None;
+        }
+        Some(Step::Table {
+            oid,
+            table: st.table.clone(),
+            drained,
+            ordered,
+        })
+    }
+
+    /// Apply every buffered change into the open transaction (in the background: the next
+    /// changes are buffered meanwhile).
+    async fn flush_all(&mut self) -> Result<()> {
+        let steps = self.drain_steps();
+        self.submit(steps, false, Vec::new()).await
+    }
+
+    /// Apply one table's buffered changes now, before a change that cannot be buffered.
+    async fn flush_table(&mut self, oid: u32) -> Result<()> {
+        self.touched.retain(|&o| o != oid);
+        if let Some(step) = self.drain_table(oid) {
+            self.submit(vec![step], false, Vec::new()).await?;
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// Hand the open batch with its checkpoint to the executor and go on; it becomes durable
+    /// (see [`PgApplier::durable`]) once its `COMMIT` has returned, which the next interaction
+    /// with the target waits for.
+    pub async fn hand_off_batch(&mut self) -> Result<()> {
+        if !self.in_tx {
+            return Ok(());
+        }
+        // The previous batch first: only one position is in flight at a time.
+        self.settle().await?;
+        let mut steps = self.drain_steps();
+        if let Some(p) = self.checkpoint.batch_handed_off() {
+            steps.push(Step::Checkpoint(p));
+        }
+        let counts: Vec<(QualifiedName, TableCounts)> = std::mem::take(&mut self.counts_pending)
+            .into_iter()
+            .collect();
+        if !counts.is_empty() {
+            steps.push(Step::Stats(counts.clone()));
+        }
+        steps.push(Step::Commit);
         self.in_tx = false;
         self.batch_opened = None;
         self.batch_changes = 0;
         self.batch_bytes = 0;
-        for (n, c) in std::mem::take(&mut self.counts_pending) {
-            self.counts_total.entry(n).or_default().add(&c);
-        }
-        Ok(self.checkpoint.batch_committed())
+        self.submit(steps, true, counts).await
+    }
+
+    /// Commit the open batch with its checkpoint and wait for it. Returns the new durable
+    /// position.
+    pub async fn commit_batch(&mut self) -> Result<Option<Applied>> {
+        self.hand_off_batch().await?;
+        self.settle().await?;
+        Ok(self.checkpoint.durable)
     }
 
     /// Abandon the open batch (after an error); the stream must restart from the checkpoint.
     pub async fn rollback(&mut self) {
-        if self.in_tx {
-            let _ = self.client.batch_execute("ROLLBACK").await;
+        let _ = self.settle().await;
+        if let Some(ex) = self.executor.as_mut()
+            && ex.open
+        {
+            let _ = ex.client.batch_execute("ROLLBACK").await;
+            ex.open = false;
         }
         self.in_tx = false;
         for st in self.tables.values_mut() {
@@ -874,14 +696,16 @@ impl PgApplier {
                 }
             })
             .collect::<Result<_>>()?;
-        let size = patch
-            .iter()
-            .map(|v| {
-                v.as_ref()
-                    .map(|x| x.as_ref().map(|b| b.len()).unwrap_or(0) + 1)
-                    .unwrap_or(0)
-            })
-            .sum();
+        // Counted like a row (see `row_size`), key included.
+        let size = 96
+            + patch
+                .iter()
+                .map(|v| {
+                    v.as_ref()
+                        .map(|x| x.as_ref().map(|b| b.len()).unwrap_or(0) + 32)
+                        .unwrap_or(16)
+                })
+                .sum::<usize>();
         let old_vals = match &old {
             Some(o) => {
                 check_width(&table, o.tuple())?;
@@ -983,7 +807,7 @@ impl PgApplier {
                 st.ordered.push(Ordered::Delete { key });
             }
         }
-        self.buffered(64);
+        self.buffered(128);
         self.touch(rel.oid);
         self.count(&table.name, |c| c.deletes += 1);
         Ok(())
@@ -1013,7 +837,16 @@ impl PgApplier {
                 ""
             }
         );
-        self.exec(&sql, "applying a TRUNCATE on the target").await.map_err(|e| {
+        let truncated = async {
+            self.submit(
+                vec![Step::Sql(sql, "applying a TRUNCATE on the target")],
+                false,
+                Vec::new(),
+            )
+            .await?;
+            self.settle().await.map(|_| ())
+        };
+        truncated.await.map_err(|e| {
             if e.message().contains("foreign key") {
                 e.with_hint("a table outside the task references a truncated table on the target; include it in the task or drop that foreign key on the target")
             } else {
@@ -1027,10 +860,17 @@ impl PgApplier {
     }
 }
 
+/// What a buffered row costs in memory, roughly: its values, one `Option<Bytes>` (32 bytes)
+/// per column, and the row's vector and map entry. Counting only the values let a buffer of
+/// narrow rows take four times its budget.
 fn row_size(row: &Row) -> usize {
-    row.iter()
-        .map(|v| v.as_ref().map(|b| b.len()).unwrap_or(0) + 1)
-        .sum()
+    const PER_ROW: usize = 96;
+    const PER_VALUE: usize = 32;
+    PER_ROW
+        + row
+            .iter()
+            .map(|v| v.as_ref().map(|b| b.len()).unwrap_or(0) + PER_VALUE)
+            .sum::<usize>()
 }
 
 /// An old row as a patch: `None` where the value was not sent (unchanged TOAST).
@@ -1111,6 +951,9 @@ pub struct Checkpoint {
     pub durable: Option<Applied>,
     /// The last source transaction applied in the open batch.
     pub pending: Option<Applied>,
+    /// The last source transaction of a batch handed to the target and not yet seen
+    /// committed (PostgreSQL targets, see `executor`).
+    pub in_flight: Option<Applied>,
     /// Highest position recorded as confirmed with nothing applied there.
     pub confirmed: Lsn,
     /// The current source transaction is skipped whole.
@@ -1136,7 +979,7 @@ impl Checkpoint {
     /// change). Returns true when the transaction beginning is to be applied.
     pub fn begin(&mut self, commit_lsn: Lsn) -> bool {
         let done = |a: Option<Applied>| a.is_some_and(|a| commit_lsn <= a.commit_lsn);
-        self.skipping = done(self.durable) || done(self.pending);
+        self.skipping = done(self.durable) || done(self.in_flight) || done(self.pending);
         !self.skipping
     }
 
@@ -1185,9 +1028,27 @@ impl Checkpoint {
         self.durable
     }
 
+    /// The open batch was handed to the target to commit in the background; returns its
+    /// position, to be written in its transaction. It is not durable until
+    /// [`Checkpoint::in_flight_committed`].
+    /// Only one batch may be in flight: the previous one must have been seen committed.
+    pub fn batch_handed_off(&mut self) -> Option<Applied> {
+        debug_assert!(self.in_flight.is_none(), "a batch is already in flight");
+        self.in_flight = self.pending.take();
+        self.in_flight
+    }
+
+    /// The batch handed off committed: its position is durable.
+    pub fn in_flight_committed(&mut self) {
+        if let Some(p) = self.in_flight.take() {
+            self.durable = Some(p);
+        }
+    }
+
     /// The open batch was abandoned: nothing of it is applied.
     pub fn batch_abandoned(&mut self) {
         self.pending = None;
+        self.in_flight = None;
     }
 }
 
@@ -1206,13 +1067,17 @@ pub trait Applier: ChangeSink + Send {
         &mut self,
         lsn: Lsn,
     ) -> impl std::future::Future<Output = Result<()>> + Send;
-    /// A target transaction is open.
+    /// A target transaction is open or committing (changes not yet durable).
     fn has_open_batch(&self) -> bool;
     /// The open batch should be committed by age.
     fn batch_is_old(&self) -> bool;
     /// Commit the open batch with its checkpoint; returns the durable position.
     fn commit_batch(&mut self)
     -> impl std::future::Future<Output = Result<Option<Applied>>> + Send;
+    /// Start committing the open batch and go on building the next one; the position becomes
+    /// durable later (at the latest with the next [`Applier::commit_batch`]). Appliers that
+    /// cannot overlap commit here.
+    fn hand_off_batch(&mut self) -> impl std::future::Future<Output = Result<()>> + Send;
     /// Source transactions applied since start.
     fn transactions(&self) -> u64;
     /// Applied-change counts per source table since start.
@@ -1238,6 +1103,9 @@ impl Applier for PgApplier {
     async fn commit_batch(&mut self) -> Result<Option<Applied>> {
         PgApplier::commit_batch(self).await
     }
+    async fn hand_off_batch(&mut self) -> Result<()> {
+        PgApplier::hand_off_batch(self).await
+    }
     fn transactions(&self) -> u64 {
         self.checkpoint.transactions
     }
@@ -1250,7 +1118,7 @@ impl ChangeSink for PgApplier {
     async fn begin(&mut self, commit_lsn: Lsn, _commit_time: PgTimestamp, _xid: u32) -> Result<()> {
         // Guard 1: a transaction at or below the checkpoint was applied before: skip it whole.
         if self.checkpoint.begin(commit_lsn) {
-            self.ensure_tx().await?;
+            self.ensure_tx();
         }
         Ok(())
     }
@@ -1301,7 +1169,7 @@ impl ChangeSink for PgApplier {
             || self.batch_bytes >= self.opts.max_batch_bytes
             || self.batch_is_old()
         {
-            self.commit_batch().await?;
+            self.hand_off_batch().await?;
         }
         Ok(())
     }
@@ -1348,6 +1216,41 @@ mod tests {
         assert!(cp.commit(Lsn(300), Lsn(310), 0));
         cp.batch_abandoned();
         assert_eq!(cp.batch_committed(), Some(at(200, 210)));
+    }
+
+    #[test]
+    fn a_batch_in_flight_is_skipped_on_replay_but_not_confirmable_until_seen_committed() {
+        let at = |c: u64, e: u64| Applied {
+            commit_lsn: Lsn(c),
+            end_lsn: Lsn(e),
+            commit_time: 0,
+        };
+        let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn::ZERO);
+        assert!(cp.begin(Lsn(200)));
+        assert!(cp.commit(Lsn(200), Lsn(210), 0));
+        assert_eq!(cp.batch_handed_off(), Some(at(200, 210)));
+        // The next batch is built while the first one commits.
+        assert!(
+            !cp.begin(Lsn(200)),
+            "the transaction in flight is not applied twice"
+        );
+        assert!(!cp.commit(Lsn(200), Lsn(210), 0));
+        assert!(cp.begin(Lsn(300)));
+        assert!(cp.commit(Lsn(300), Lsn(310), 0));
+        assert_eq!(
+            cp.confirmable(true),
+            Lsn(110),
+            "nothing past the durable batch"
+        );
+        cp.in_flight_committed();
+        assert_eq!(cp.durable, Some(at(200, 210)));
+        assert_eq!(cp.confirmable(true), Lsn(210));
+        // The open batch's position stays pending until it is handed off in turn.
+        assert_eq!(cp.pending, Some(at(300, 310)));
+        assert_eq!(cp.batch_handed_off(), Some(at(300, 310)));
+        cp.batch_abandoned();
+        assert_eq!(cp.durable, Some(at(200, 210)));
+        assert_eq!(cp.in_flight, None);
     }
 
     #[test]
