@@ -978,6 +978,38 @@ mod tests {
     }
 
     #[test]
+    fn catch_up_settings() {
+        let t = Task::from_yaml(MIN).unwrap();
+        assert_eq!(
+            t.cdc.catch_up,
+            Some(CatchUp {
+                from: 16 << 20,
+                chunk: 256 << 20
+            })
+        );
+        let t = Task::from_yaml(&format!(
+            "{MIN}cdc: {{ catch_up_from_mb: 0, catch_up_chunk_mb: 1 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            t.cdc.catch_up,
+            Some(CatchUp {
+                from: 0,
+                chunk: 1 << 20
+            })
+        );
+        let t = Task::from_yaml(&format!("{MIN}cdc: {{ catch_up: false }}\n")).unwrap();
+        assert_eq!(t.cdc.catch_up, None);
+        let e = Task::from_yaml(&format!(
+            "{MIN}cdc: {{ catch_up: false, catch_up_chunk_mb: 8 }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.message().contains("no effect"), "{}", e.report());
+        let e = Task::from_yaml(&format!("{MIN}cdc: {{ catch_up_chunk_mb: 0 }}\n")).unwrap_err();
+        assert!(e.message().contains("out of range"), "{}", e.report());
+    }
+
+    #[test]
     fn unknown_key_names_its_path() {
         let e = Task::from_yaml(&format!("{MIN}full_load:\n  thread: 4\n")).unwrap_err();
         assert!(e.message().contains("full_load"), "{}", e.report());
