@@ -145,12 +145,12 @@ pub async fn advance_slot(client: &Client, slot: &str, to: Lsn) -> Result<()> {
     Ok(())
 }
 
-/// The source's current WAL position: the insert position on a primary, the replayed one on
+/// How far the source has flushed its WAL (what decoding can read): the flush position on a primary, the replayed one on
 /// a standby (where logical decoding runs from PostgreSQL 16).
 pub async fn server_position(client: &Client) -> Result<Lsn> {
     let row = client
         .query_one(
-            "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END)::text",
+            "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_flush_lsn() END)::text",
             &[],
         )
         .await
