@@ -285,3 +285,15 @@ pub async fn check_source(client: &Client, need_new_slot: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// A slot in use by another process (`55006`, "replication slot ... is active for PID") is
+/// retried, at `START_REPLICATION` as in the SQL decoding functions: it is usually the
+/// walsender of a previous run that has not exited yet.
+pub fn busy_is_transient(e: Error) -> Error {
+    if e.message().contains("is active for PID") {
+        Error::new(ErrorKind::Transient, e.message().to_string())
+            .with_hint("another connection holds the slot; if a previous pgtide run was just stopped, its walsender ends within seconds; pgtide retries")
+    } else {
+        e
+    }
+}

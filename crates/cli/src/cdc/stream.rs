@@ -271,13 +271,7 @@ async fn stream_into<A: Applier>(
     let stream = repl
         .start_logical(&setup.slot, start, &options)
         .await
-        .map_err(|e| {
-            if e.message().contains("is active for PID") {
-                Error::new(ErrorKind::Transient, e.message().to_string())
-            } else {
-                e
-            }
-        })?;
+        .map_err(pgtide_postgres::slot::busy_is_transient)?;
     // Read ahead while the target works, holding at most 64 MB of received changes.
     let mut stream = stream.pipelined(64 << 20);
     status.set_phase("streaming");
@@ -294,14 +288,12 @@ async fn stream_into<A: Applier>(
 
     macro_rules! publish {
         () => {
-            status.update(
-                applier.durable(),
-                applier.confirmable(),
+            publish(
+                status,
+                &applier,
                 !applier.has_open_batch()
                     && !asm.in_transaction()
                     && server_at <= applier.confirmable(),
-                applier.transactions(),
-                applier.counts(),
             );
         };
     }
@@ -488,7 +480,7 @@ impl CatchUpRun<'_> {
         loop {
             if self.shutdown.is_triggered() {
                 drop(ahead.take());
-                self.confirm(&control, position).await?;
+                self.move_slot(&control, position).await?;
                 return Ok(Some(Stop::Signal));
             }
             // The chunk decoded ahead, if it starts where the target is.
@@ -521,7 +513,7 @@ impl CatchUpRun<'_> {
                 Some(c) => c,
                 None => {
                     if limit <= position || limit.0 - position.0 < self.settings.from {
-                        self.confirm(&control, position).await?;
+                        self.move_slot(&control, position).await?;
                         return Ok(None);
                     }
                     if !announced {
@@ -532,7 +524,7 @@ impl CatchUpRun<'_> {
                     // The slot may trail the target's checkpoint (a run stopped between its
                     // commit and its confirmation): move it first, so the chunk does not
                     // re-send applied work.
-                    self.confirm(&control, position).await?;
+                    self.move_slot(&control, position).await?;
                     let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
                     tracing::debug!(slot, from = %position, upto = %upto, "decoding a chunk");
                     let chunk =
@@ -596,7 +588,7 @@ impl CatchUpRun<'_> {
                         drop(current);
                         drop(ahead.take());
                         applier.commit_batch().await?;
-                        self.confirm(&control, applier.confirmable()).await?;
+                        self.move_slot(&control, applier.confirmable()).await?;
                         self.publish(applier, end.is_some());
                         return Ok(Some(end.map(Stop::EndLsn).unwrap_or(Stop::Signal)));
                     }
@@ -620,7 +612,7 @@ impl CatchUpRun<'_> {
             applier.record_confirmed(upto).await?;
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = applier.confirmable();
-            self.confirm(&control, position).await?;
+            self.move_slot(&control, position).await?;
             self.publish(applier, false);
             if self.setup.end_lsn == Some(upto) {
                 return Ok(Some(Stop::EndLsn(upto)));
@@ -632,7 +624,7 @@ impl CatchUpRun<'_> {
     }
 
     /// Move the slot to `to` when that is ahead of it (only positions durable on the target).
-    async fn confirm(&mut self, client: &tokio_postgres::Client, to: Lsn) -> Result<()> {
+    async fn move_slot(&mut self, client: &tokio_postgres::Client, to: Lsn) -> Result<()> {
         if to > self.slot_confirmed {
             peek::advance_slot(client, &self.setup.slot, to).await?;
             self.slot_confirmed = to;
@@ -641,13 +633,7 @@ impl CatchUpRun<'_> {
     }
 
     fn publish<A: Applier>(&self, applier: &A, caught_up: bool) {
-        self.status.update(
-            applier.durable(),
-            applier.confirmable(),
-            caught_up,
-            applier.transactions(),
-            applier.counts(),
-        );
+        publish(self.status, applier, caught_up);
     }
 }
 
@@ -660,14 +646,19 @@ async fn finish_at_end<S: WalStream, A: Applier>(
 ) -> Result<Stop> {
     applier.commit_batch().await?;
     confirm(stream, applier, asm, applier.confirmable(), false).await?;
+    publish(status, applier, true);
+    Ok(Stop::EndLsn(end))
+}
+
+/// Show the applier's progress in the status (terminal, `pgtide status`).
+fn publish<A: Applier>(status: &CdcStatus, applier: &A, caught_up: bool) {
     status.update(
         applier.durable(),
         applier.confirmable(),
-        true,
+        caught_up,
         applier.transactions(),
         applier.counts(),
     );
-    Ok(Stop::EndLsn(end))
 }
 
 /// Send a standby status update. When nothing is open, first record the server's position on

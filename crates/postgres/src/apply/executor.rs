@@ -220,23 +220,31 @@ impl Executor {
             self.copy_rows(table, &drained.inserts).await?;
         }
         // Ordered changes: runs of inserts go by COPY, everything else one statement per row,
-        // pipelined in order.
-        let mut i = 0;
-        while i < ordered.len() {
-            if let Ordered::Insert(_) = ordered[i] {
-                let mut rows = Vec::new();
-                while let Some(Ordered::Insert(r)) = ordered.get(i) {
-                    rows.push(r.clone());
-                    i += 1;
+        // pipelined in order. The changes are ours now: rows move into their run.
+        let mut rows = Vec::new();
+        let mut statements = Vec::new();
+        for change in ordered {
+            match change {
+                Ordered::Insert(row) => {
+                    if !statements.is_empty() {
+                        self.pipeline(oid, table, &std::mem::take(&mut statements))
+                            .await?;
+                    }
+                    rows.push(row);
                 }
-                self.copy_rows(table, &rows).await?;
-            } else {
-                let start = i;
-                while i < ordered.len() && !matches!(ordered[i], Ordered::Insert(_)) {
-                    i += 1;
+                other => {
+                    if !rows.is_empty() {
+                        self.copy_rows(table, &std::mem::take(&mut rows)).await?;
+                    }
+                    statements.push(other);
                 }
-                self.pipeline(oid, table, &ordered[start..i]).await?;
             }
+        }
+        if !rows.is_empty() {
+            self.copy_rows(table, &rows).await?;
+        }
+        if !statements.is_empty() {
+            self.pipeline(oid, table, &statements).await?;
         }
         Ok(())
     }

@@ -697,13 +697,14 @@ impl PgApplier {
             })
             .collect::<Result<_>>()?;
         // Counted like a row (see `row_size`), key included.
-        let size = 96
+        let size = PER_ROW
             + patch
                 .iter()
                 .map(|v| {
                     v.as_ref()
-                        .map(|x| x.as_ref().map(|b| b.len()).unwrap_or(0) + 32)
-                        .unwrap_or(16)
+                        .map(|x| x.as_ref().map(|b| b.len()).unwrap_or(0))
+                        .unwrap_or(0)
+                        + PER_VALUE
                 })
                 .sum::<usize>();
         let old_vals = match &old {
@@ -860,12 +861,15 @@ impl PgApplier {
     }
 }
 
+/// Memory of a buffered row besides its values (its vector and map entry), roughly.
+const PER_ROW: usize = 96;
+/// Memory of one buffered `Option<Bytes>` besides its bytes.
+const PER_VALUE: usize = 32;
+
 /// What a buffered row costs in memory, roughly: its values, one `Option<Bytes>` (32 bytes)
 /// per column, and the row's vector and map entry. Counting only the values let a buffer of
 /// narrow rows take four times its budget.
 fn row_size(row: &Row) -> usize {
-    const PER_ROW: usize = 96;
-    const PER_VALUE: usize = 32;
     PER_ROW
         + row
             .iter()

@@ -44,10 +44,11 @@
 //! bounded too.
 
 use crate::connect::classify;
+use crate::slot::busy_is_transient;
 use bytes::Bytes;
 use futures::StreamExt;
 use pgtide_core::lsn::Lsn;
-use pgtide_core::{Error, ErrorKind, Result};
+use pgtide_core::{Error, Result};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
@@ -112,17 +113,6 @@ impl PeekChunk {
     /// The next message, `None` at the end of the chunk.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         self.rx.recv().await.transpose()
-    }
-}
-
-/// A slot in use by another process (`55006`, "replication slot ... is active for PID") is
-/// retried: it is usually a walsender of a previous run that has not exited yet.
-fn busy_is_transient(e: Error) -> Error {
-    if e.message().contains("is active for PID") {
-        Error::new(ErrorKind::Transient, e.message().to_string())
-            .with_hint("another connection holds the slot; if a previous pgtide run was just stopped, its walsender ends within seconds; pgtide retries")
-    } else {
-        e
     }
 }
 
