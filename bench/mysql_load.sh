@@ -5,6 +5,8 @@
 # are written beforehand and their writing is not timed). Prints the ratio floor / pgtide
 # (1.00 = as fast as loading local files).
 #
+# Then the same load with mysql.load_method: insert (the fallback without local_infile).
+#
 # Usage: bench/mysql_load.sh   (SCALE=10 WIDE_ROWS=500000 by default, ~350 MB of source)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,8 +75,24 @@ wait "${pids[@]}"
 t1=$(now)
 T_FLOOR=$(secs "$t0" "$t1")
 
+echo "==> pgtide full load with multi-row INSERT (what servers with local_infile off get)"
+INSERT_TASK="$WORK/mysql-insert.yaml"
+{ cat "$TASK"; echo "mysql: { load_method: insert }"; } >"$INSERT_TASK"
+t0=$(now)
+"$PGTIDE" --progress none run "$INSERT_TASK" >"$WORK/pgtide-insert.out"
+t1=$(now)
+T_INSERT=$(secs "$t0" "$t1")
+
+echo "==> pgtide full load with LOAD DATA again (caches now as warm as for the INSERT run)"
+t0=$(now)
+"$PGTIDE" --progress none run "$TASK" >"$WORK/pgtide-again.out"
+t1=$(now)
+T_AGAIN=$(secs "$t0" "$t1")
+
 echo
 echo "full load into MariaDB ($(cat "$MY"/*.tsv | wc -c | awk '{printf "%.0f MB of rows", $1/1e6}'); pgtide's time includes creating the tables and adding foreign keys)"
 echo "  pgtide (from PostgreSQL):            ${T_PGTIDE} s"
 echo "  LOAD DATA from local files (floor):  ${T_FLOOR} s"
 echo "  ratio floor/pgtide:                  $(ratio "$T_FLOOR" "$T_PGTIDE")"
+echo "  pgtide with multi-row INSERT:        ${T_INSERT} s (floor/insert $(ratio "$T_FLOOR" "$T_INSERT"))"
+echo "  pgtide with LOAD DATA, second run:   ${T_AGAIN} s (floor/pgtide $(ratio "$T_FLOOR" "$T_AGAIN"); LOAD DATA/INSERT $(ratio "$T_AGAIN" "$T_INSERT"))"

@@ -257,6 +257,7 @@ pub async fn run(
         routes: routes(&schema, &conversion),
         max_batch_changes: task.cdc.max_batch_changes,
         max_batch_age: Duration::from_millis(task.cdc.max_batch_delay_ms),
+        out_of_range: task.mysql.out_of_range,
     };
     let setup = StreamSetup {
         slot: slot_name,

@@ -16,10 +16,11 @@
 
 use crate::plan;
 use pgtide_core::endpoint::ConnUrl;
-use pgtide_core::task::{Mode, TablePreparation, Task};
+use pgtide_core::task::{LoadMethod, Mode, OutOfRange, TablePreparation, Task};
 use pgtide_core::{Error, ErrorKind, Result};
 use pgtide_mysql::convert::{Conversion, ConvertedTable, Status, convert, quote};
-use pgtide_mysql::load::{MysqlTarget, copy_sql, load_sql, pg_text_to_mysql, transfer};
+use pgtide_mysql::load::{MysqlTarget, copy_sql, load_sql, transfer};
+use pgtide_mysql::rows::{Altered, RowShaper};
 use pgtide_postgres::connect::{Side, classify, connect};
 use pgtide_postgres::introspect;
 use pgtide_postgres::snapshot::{ExportedSnapshot, begin_in_snapshot};
@@ -38,6 +39,8 @@ pub struct LoadedTable {
     pub rows: u64,
     /// Seconds.
     pub seconds: f64,
+    /// Values outside MySQL's range that the task's `mysql.out_of_range` policy changed.
+    pub altered: Vec<Altered>,
 }
 
 /// The result of a full load into MySQL.
@@ -49,6 +52,10 @@ pub struct MysqlLoadReport {
     pub tables: Vec<LoadedTable>,
     /// Foreign keys added.
     pub foreign_keys: usize,
+    /// `LOAD DATA LOCAL INFILE` (true) or multi-row INSERT.
+    pub load_data: bool,
+    /// The policy for values outside MySQL's range.
+    pub out_of_range: OutOfRange,
     /// Seconds in total.
     pub seconds: f64,
 }
@@ -57,8 +64,16 @@ impl MysqlLoadReport {
     /// Human-readable summary.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "full load into MySQL/MariaDB database {} (LOAD DATA LOCAL INFILE, one transaction per table)\n{:<40} {:>12} {:>9}\n",
-            self.database, "table", "rows", "seconds"
+            "full load into MySQL/MariaDB database {} ({}, one transaction per table)\n{:<40} {:>12} {:>9}\n",
+            self.database,
+            if self.load_data {
+                "LOAD DATA LOCAL INFILE"
+            } else {
+                "multi-row INSERT: the server has local_infile off"
+            },
+            "table",
+            "rows",
+            "seconds"
         );
         for t in &self.tables {
             out.push_str(&format!(
@@ -73,6 +88,27 @@ impl MysqlLoadReport {
             self.foreign_keys,
             self.seconds
         ));
+        let altered: Vec<String> = self
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.altered
+                    .iter()
+                    .map(move |a| format!("  {}.{}: {} values", t.source, a.column, a.values))
+            })
+            .collect();
+        if !altered.is_empty() {
+            out.push_str(&format!(
+                "values outside MySQL's range written as {} (mysql.out_of_range: {}):\n{}\n",
+                if self.out_of_range == OutOfRange::Null {
+                    "NULL"
+                } else {
+                    "the nearest value the column holds (NaN as NULL)"
+                },
+                self.out_of_range.as_str(),
+                altered.join("\n")
+            ));
+        }
         out
     }
 }
@@ -205,6 +241,29 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
     }
 
     // Load.
+    let local_infile = control.local_infile().await?;
+    let load_data = match task.mysql.load_method {
+        LoadMethod::Auto => local_infile,
+        LoadMethod::Insert => false,
+        LoadMethod::LoadData if local_infile => true,
+        LoadMethod::LoadData => {
+            return Err(Error::new(
+                ErrorKind::Prerequisite,
+                "mysql.load_method is load-data, but the target server has local_infile off",
+            )
+            .with_hint("SET GLOBAL local_infile = 1 on the server, or set mysql.load_method: auto (multi-row INSERT, slower)"));
+        }
+    };
+    if load_data {
+        tracing::info!("loading with LOAD DATA LOCAL INFILE");
+    } else if local_infile {
+        tracing::info!("loading with multi-row INSERT (mysql.load_method: insert)");
+    } else {
+        tracing::info!(
+            "the target server has local_infile off: loading with multi-row INSERT statements instead of LOAD DATA LOCAL INFILE"
+        );
+    }
+    let policy = task.mysql.out_of_range;
     let queue: Arc<Mutex<Vec<ConvertedTable>>> = Arc::new(Mutex::new(
         conversion.tables.iter().rev().cloned().collect(),
     ));
@@ -221,7 +280,8 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
         let url = task.source.url.clone();
         let name = snapshot.name().to_string();
         workers.push(tokio::spawn(async move {
-            worker(&url, &name, &target, &queue, &results).await
+            let how = How { load_data, policy };
+            worker(&url, &name, &target, how, &queue, &results).await
         }));
     }
     let joined = crate::join_workers(workers, "load worker").await;
@@ -247,15 +307,25 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
         database: conversion.database.clone(),
         tables,
         foreign_keys: conversion.foreign_keys.len(),
+        load_data,
+        out_of_range: policy,
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((report, conversion))
+}
+
+/// How rows are written.
+#[derive(Clone, Copy)]
+struct How {
+    load_data: bool,
+    policy: OutOfRange,
 }
 
 async fn worker(
     url: &ConnUrl,
     snapshot: &str,
     target: &MysqlTarget,
+    how: How,
     queue: &Mutex<Vec<ConvertedTable>>,
     results: &Mutex<Vec<LoadedTable>>,
 ) -> Result<()> {
@@ -289,15 +359,39 @@ async fn worker(
             .map_err(|e| classify(e, &format!("reading {} on the source", table.source)))?;
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
+        let shaper = RowShaper::new(&table, how.policy);
         use futures::StreamExt;
-        let rows = stream.map(move |r| {
-            r.map(|row| {
+        let result = if how.load_data {
+            let shape = shaper.clone();
+            let rows = stream.map(move |r| {
                 counter.fetch_add(1, Ordering::Relaxed);
-                pg_text_to_mysql(&row)
-            })
-            .map_err(std::io::Error::other)
-        });
-        let loaded = session.load(&table, &load, rows).await?;
+                r.map_err(std::io::Error::other)
+                    .and_then(|row| shape.load_data(&row))
+            });
+            session.load(&table, &load, rows).await
+        } else {
+            let shape = shaper.clone();
+            let rows = Box::pin(stream.map(move |r| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                r.map_err(std::io::Error::other)
+                    .and_then(|row| shape.insert_values(&row))
+            }));
+            session.insert(&table, &transfers, rows).await
+        };
+        let loaded = match (result, shaper.failure()) {
+            (Err(e), Some(why)) => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{why}; the load of {} was rolled back",
+                        quote(&table.target)
+                    ),
+                )
+                .with_hint(pgtide_mysql::range::HINT)
+                .with_source(e));
+            }
+            (result, _) => result?,
+        };
         let sent = sent.load(Ordering::Relaxed);
         if loaded != sent {
             return Err(Error::new(
@@ -309,11 +403,27 @@ async fn worker(
             ));
         }
         tracing::info!(table = %table.target, rows = loaded, "loaded");
+        let altered = shaper.altered();
+        for a in &altered {
+            tracing::warn!(
+                "{}.{}: {} values outside MySQL's range were written as {} (mysql.out_of_range: {})",
+                table.source,
+                a.column,
+                a.values,
+                if how.policy == OutOfRange::Null {
+                    "NULL"
+                } else {
+                    "the nearest value the column holds"
+                },
+                how.policy.as_str()
+            );
+        }
         results.lock().expect("results").push(LoadedTable {
             source: table.source.to_string(),
             target: table.target.clone(),
             rows: loaded,
             seconds: started.elapsed().as_secs_f64(),
+            altered,
         });
     }
     let _ = source.batch_execute("COMMIT").await;

@@ -122,3 +122,54 @@ fn every_type_family_round_trips_into_mariadb_through_load_and_stream() {
     let (a, b) = digests(&source, "src", &maria, "dst", "t");
     assert_eq!(a, b, "source and MariaDB differ");
 }
+
+/// With `local_infile` off on the server, the full load uses multi-row INSERT (and says so):
+/// every type family's edge values arrive as through LOAD DATA. `load_method: load-data`
+/// refuses instead.
+#[test]
+fn every_type_family_loads_through_insert_when_local_infile_is_off() {
+    let source = PgServer::start_with(PgOptions::default()).unwrap();
+    source.create_database("src").unwrap();
+    source.psql("src", SCHEMA).unwrap();
+    insert(&source, 1);
+    // Enough rows for several statements (1000 rows each).
+    source
+        .psql(
+            "src",
+            "INSERT INTO t (id, tx, b, bt, n) SELECT g, repeat(E'x\\ty', g % 7), '\\x00ff'::bytea, B'00000001', g / 3.0 FROM generate_series(1000, 3500) g",
+        )
+        .unwrap();
+    let maria = MariaDbServer::start().unwrap();
+    maria.create_database("dst").unwrap();
+    maria
+        .sql(
+            "",
+            "SET GLOBAL group_concat_max_len = 1000000000; SET GLOBAL local_infile = 0",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let forced = task_file(
+        dir.path(),
+        "ld",
+        &format!(
+            "{}mysql: {{ load_method: load-data }}\n",
+            task_yaml("ld", &source.url("src"), &maria.url("dst"), "")
+        ),
+    );
+    let (code, err) = run_err(&forced);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("local_infile off"), "{err}");
+    let task = task_file(
+        dir.path(),
+        "ins",
+        &task_yaml("ins", &source.url("src"), &maria.url("dst"), ""),
+    );
+    let out = run_ok(&task);
+    assert!(
+        out.contains("multi-row INSERT: the server has local_infile off"),
+        "{out}"
+    );
+    assert_eq!(maria.sql("dst", "SELECT COUNT(*) FROM t").unwrap(), "2504");
+    let (a, b) = digests(&source, "src", &maria, "dst", "t");
+    assert_eq!(a, b, "source and MariaDB differ");
+}

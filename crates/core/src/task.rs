@@ -145,6 +145,84 @@ impl TablesWithoutKey {
     }
 }
 
+/// What happens to a value a MySQL/MariaDB column cannot hold: a BC, infinite or
+/// after-9999 date or timestamp, NaN or ±Infinity in a DECIMAL/FLOAT/DOUBLE column, a number
+/// with more digits than the DECIMAL column it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutOfRange {
+    /// Stop, naming the table and column (the table's load is rolled back, or the change is
+    /// not applied).
+    #[default]
+    Error,
+    /// Write NULL instead (the column must be nullable); counted and reported per column.
+    Null,
+    /// Write the nearest value the column holds (NaN, which has none, becomes NULL); counted
+    /// and reported per column.
+    Clamp,
+}
+
+impl OutOfRange {
+    /// The task-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutOfRange::Error => "error",
+            OutOfRange::Null => "null",
+            OutOfRange::Clamp => "clamp",
+        }
+    }
+}
+
+/// How rows are written into a MySQL/MariaDB target during a full load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadMethod {
+    /// `LOAD DATA LOCAL INFILE` when the server allows it (`local_infile`), else multi-row
+    /// INSERT; the report says which.
+    #[default]
+    Auto,
+    /// `LOAD DATA LOCAL INFILE` only (an error when the server refuses it).
+    LoadData,
+    /// Multi-row INSERT statements.
+    Insert,
+}
+
+impl LoadMethod {
+    /// The task-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadMethod::Auto => "auto",
+            LoadMethod::LoadData => "load-data",
+            LoadMethod::Insert => "insert",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMysql {
+    #[serde(default, deserialize_with = "null_is_a_policy")]
+    out_of_range: OutOfRange,
+    load_method: Option<LoadMethod>,
+}
+
+/// `out_of_range: null` is YAML's null, not the string: it means the `null` policy (left to
+/// serde, it would read as "not set" and silently mean `error`).
+fn null_is_a_policy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<OutOfRange, D::Error> {
+    Ok(Option::<OutOfRange>::deserialize(d)?.unwrap_or(OutOfRange::Null))
+}
+
+/// Settings for MySQL/MariaDB targets (the task file's `mysql:` section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MysqlSettings {
+    /// Values the target column cannot hold.
+    pub out_of_range: OutOfRange,
+    /// How the full load writes rows.
+    pub load_method: LoadMethod,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCdc {
@@ -221,6 +299,8 @@ struct RawTask {
     schema: RawSchema,
     #[serde(default)]
     cdc: RawCdc,
+    #[serde(default)]
+    mysql: Option<RawMysql>,
     #[serde(default)]
     transform: Vec<RawTransform>,
     #[serde(default)]
@@ -418,6 +498,8 @@ pub struct Task {
     pub schema: SchemaSettings,
     /// Change data capture settings.
     pub cdc: CdcSettings,
+    /// MySQL/MariaDB target settings.
+    pub mysql: MysqlSettings,
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -444,7 +526,7 @@ impl Task {
             return Err(Error::config(format!(
                 "target.url: `pgtide {command}` does not support MySQL/MariaDB targets yet"
             ))
-            .with_hint("for MySQL targets: `pgtide convert` writes the schema and the assessment report, and `pgtide run` performs a full load; change data capture into MySQL is not available yet"));
+            .with_hint("for MySQL targets: `pgtide convert` writes the schema and the assessment report, and `pgtide run` performs full-load, cdc and full-load-and-cdc; compare the tables with your own queries until validate supports MySQL"));
         }
         Ok(())
     }
@@ -636,6 +718,19 @@ impl Task {
             )
             .with_hint("remove them, or set cdc.catch_up: true"));
         }
+        let mysql = match raw.mysql {
+            Some(_) if target.kind() != EndpointKind::Mysql => {
+                return Err(Error::config(
+                    "mysql: these settings apply to MySQL/MariaDB targets, and target.url is PostgreSQL",
+                )
+                .with_hint("remove the mysql section, or point target.url at mysql://..."));
+            }
+            Some(m) => MysqlSettings {
+                out_of_range: m.out_of_range,
+                load_method: m.load_method.unwrap_or_default(),
+            },
+            None => MysqlSettings::default(),
+        };
         let spill_dir = c
             .spill_dir
             .unwrap_or_else(|| std::env::temp_dir().join(format!("pgtide-{}", raw.name)));
@@ -671,6 +766,7 @@ impl Task {
                 max_batch_delay_ms,
                 catch_up,
             },
+            mysql,
         })
     }
 }
@@ -1007,6 +1103,31 @@ mod tests {
         assert!(e.message().contains("no effect"), "{}", e.report());
         let e = Task::from_yaml(&format!("{MIN}cdc: {{ catch_up_chunk_mb: 0 }}\n")).unwrap_err();
         assert!(e.message().contains("out of range"), "{}", e.report());
+    }
+
+    #[test]
+    fn mysql_settings_need_a_mysql_target() {
+        let t = Task::from_yaml(MIN).unwrap();
+        assert_eq!(t.mysql, MysqlSettings::default());
+        assert_eq!(t.mysql.out_of_range, OutOfRange::Error);
+        let e = Task::from_yaml(&format!("{MIN}mysql: {{ out_of_range: clamp }}\n")).unwrap_err();
+        assert!(e.message().contains("PostgreSQL"), "{}", e.report());
+        let my = MIN.replace("postgresql://u:pw@dst/db", "mysql://u:pw@dst:3306/db");
+        assert_ne!(my, MIN);
+        let t = Task::from_yaml(&format!(
+            "{my}mysql: {{ out_of_range: clamp, load_method: insert }}\n"
+        ))
+        .unwrap();
+        assert_eq!(t.mysql.out_of_range, OutOfRange::Clamp);
+        assert_eq!(t.mysql.load_method, LoadMethod::Insert);
+        for null in ["null", "\"null\"", "~"] {
+            let t = Task::from_yaml(&format!("{my}mysql: {{ out_of_range: {null} }}\n")).unwrap();
+            assert_eq!(t.mysql.out_of_range, OutOfRange::Null, "{null}");
+        }
+        let t = Task::from_yaml(&format!("{my}mysql: {{ load_method: auto }}\n")).unwrap();
+        assert_eq!(t.mysql.out_of_range, OutOfRange::Error);
+        let e = Task::from_yaml(&format!("{my}mysql: {{ out_of_range: zero }}\n")).unwrap_err();
+        assert!(e.message().contains("out_of_range"), "{}", e.report());
     }
 
     #[test]

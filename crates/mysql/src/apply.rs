@@ -26,17 +26,20 @@
 
 use crate::convert::{ConvertedTable, quote};
 use crate::load::{MysqlTarget, my_err};
+use crate::range::{self, Guard, Verdict};
 use crate::values::{self, Shape};
 use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
+use pgtide_core::task::OutOfRange;
 use pgtide_core::{Error, ErrorKind, Result};
 use pgtide_postgres::apply::{Applied, Applier, Checkpoint, TableCounts};
 use pgtide_postgres::changes::{Change, ChangeSink, RelationRef};
 use pgtide_postgres::pgoutput::{OldTuple, PgTimestamp, Tuple, Value as PgValue};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The state table in the target database.
@@ -63,6 +66,8 @@ pub struct MysqlApplyConfig {
     pub max_batch_changes: usize,
     /// Age of a target transaction.
     pub max_batch_age: Duration,
+    /// Values outside MySQL's range (`mysql.out_of_range`).
+    pub out_of_range: OutOfRange,
 }
 
 /// The state of a task on a MySQL target.
@@ -171,8 +176,8 @@ pub async fn set_state(
 struct Mapped {
     relation: RelationRef,
     route: Route,
-    /// Per relation column: target column name and value shape.
-    columns: Vec<(String, Shape)>,
+    /// Per relation column: target column name, value shape, range guard.
+    columns: Vec<(String, Shape, Option<Guard>)>,
     /// Relation column indices of the key.
     key: Vec<usize>,
 }
@@ -198,6 +203,10 @@ pub struct MysqlApplier {
     batch_opened: Option<Instant>,
     counts_pending: HashMap<QualifiedName, TableCounts>,
     counts_total: HashMap<QualifiedName, TableCounts>,
+    /// Values the out-of-range policy changed in the open batch, by `table.column` (a mutex
+    /// because values are converted through `&self`).
+    altered_pending: Mutex<HashMap<String, u64>>,
+    altered_total: HashMap<String, u64>,
 }
 
 const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -251,7 +260,14 @@ impl MysqlApplier {
             batch_opened: None,
             counts_pending: HashMap::new(),
             counts_total: HashMap::new(),
+            altered_pending: Mutex::new(HashMap::new()),
+            altered_total: HashMap::new(),
         })
+    }
+
+    /// Values the out-of-range policy changed in committed batches, by `table.column`.
+    pub fn altered(&self) -> &HashMap<String, u64> {
+        &self.altered_total
     }
 
     /// Abandon the open batch (after an error).
@@ -263,6 +279,10 @@ impl MysqlApplier {
         self.runs.clear();
         self.checkpoint.batch_abandoned();
         self.counts_pending.clear();
+        self.altered_pending
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn map(&mut self, relation: &RelationRef) -> Result<u32> {
@@ -299,7 +319,11 @@ impl MysqlApplier {
                     "exclude the table from the task, or change the column's type on the source",
                 )
             })?;
-            columns.push((c.target.clone(), shape));
+            columns.push((
+                c.target.clone(),
+                shape,
+                Guard::of(c, self.config.out_of_range),
+            ));
         }
         let mut key: Vec<usize> = if relation.replica_identity == b'f' {
             Vec::new()
@@ -335,16 +359,36 @@ impl MysqlApplier {
         let m = &self.mapped[&oid];
         match v {
             PgValue::Null => Ok(Value::NULL),
-            PgValue::Text(b) => values::convert(m.columns[col].1, b).map_err(|e| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "{}.{}: {}",
-                        m.route.table.source, m.relation.columns[col].name, e.0
-                    ),
-                )
-                .with_hint("fix the value on the source (the change is not applied and the task stops), or exclude the table")
-            }),
+            PgValue::Text(b) => {
+                let (_, shape, guard) = &m.columns[col];
+                let name = || format!("{}.{}", m.route.table.source, m.relation.columns[col].name);
+                let text = match guard.map(|g| g.judge(b)) {
+                    None | Some(Ok(Verdict::Fits)) => Cow::Borrowed(&b[..]),
+                    Some(Ok(Verdict::Replace(v))) => {
+                        *self
+                            .altered_pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(name())
+                            .or_default() += 1;
+                        match v {
+                            Some(v) => v,
+                            None => return Ok(Value::NULL),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("{}: {}; the change is not applied", name(), e.0),
+                        )
+                        .with_hint(range::HINT));
+                    }
+                };
+                values::convert(*shape, &text).map_err(|e| {
+                    Error::new(ErrorKind::Unsupported, format!("{}: {}", name(), e.0))
+                        .with_hint("fix the value on the source (the change is not applied and the task stops), or exclude the table")
+                })
+            }
             PgValue::UnchangedToast => Err(Error::internal(format!(
                 "{}.{}: an unchanged TOAST value where a full value is needed",
                 m.route.table.source, m.relation.columns[col].name
@@ -431,7 +475,7 @@ impl MysqlApplier {
         let table = quote(&m.route.table.target);
         match run {
             Run::Inserts { oid, rows } => {
-                let cols: Vec<String> = m.columns.iter().map(|(n, _)| quote(n)).collect();
+                let cols: Vec<String> = m.columns.iter().map(|(n, _, _)| quote(n)).collect();
                 let one = format!("({})", vec!["?"; cols.len()].join(","));
                 let head = format!("INSERT INTO {table} ({}) VALUES ", cols.join(","));
                 let mut rows = rows.into_iter();
@@ -757,6 +801,26 @@ impl Applier for MysqlApplier {
         self.batch_changes = 0;
         for (n, c) in std::mem::take(&mut self.counts_pending) {
             self.counts_total.entry(n).or_default().add(&c);
+        }
+        let altered = std::mem::take(
+            self.altered_pending
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (column, n) in altered {
+            let total = self.altered_total.entry(column.clone()).or_default();
+            if *total == 0 {
+                tracing::warn!(
+                    "{column}: a value outside MySQL's range was written as {} (mysql.out_of_range: {}); further ones are counted",
+                    if self.config.out_of_range == OutOfRange::Null {
+                        "NULL"
+                    } else {
+                        "the nearest value the column holds"
+                    },
+                    self.config.out_of_range.as_str()
+                );
+            }
+            *total += n;
         }
         Ok(self.checkpoint.batch_committed())
     }

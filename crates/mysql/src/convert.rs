@@ -84,6 +84,8 @@ pub struct ConvertedColumn {
     pub type_oid: u32,
     /// Source `format_type` text.
     pub type_name: String,
+    /// Declared NOT NULL (on both sides).
+    pub not_null: bool,
 }
 
 /// A converted table, for the loader.
@@ -497,6 +499,7 @@ pub fn convert(
                 mysql: mapping.mysql.clone(),
                 type_oid: col.type_oid,
                 type_name: col.type_name.clone(),
+                not_null: col.not_null,
             });
             items.push(Item {
                 kind: "column",

@@ -40,6 +40,8 @@ pub struct Transfer {
     pub load_as: String,
     /// `SET` clause when the value goes through a variable.
     pub set: Option<String>,
+    /// The value's expression in a multi-row INSERT, `?` standing for the source's text.
+    pub insert: String,
 }
 
 fn pg_ident(s: &str) -> String {
@@ -56,6 +58,7 @@ pub fn transfer(c: &ConvertedColumn, i: usize) -> Transfer {
         select,
         load_as: tgt.clone(),
         set: None,
+        insert: "?".into(),
     };
     if c.mysql == "BOOLEAN" {
         return direct(format!("{src}::int"));
@@ -65,6 +68,7 @@ pub fn transfer(c: &ConvertedColumn, i: usize) -> Transfer {
             select: format!("encode({src}, 'hex')"),
             load_as: var.clone(),
             set: Some(format!("{tgt} = UNHEX({var})")),
+            insert: "UNHEX(?)".into(),
         };
     }
     if c.mysql.starts_with("BIT(") {
@@ -72,6 +76,7 @@ pub fn transfer(c: &ConvertedColumn, i: usize) -> Transfer {
             select: format!("{src}::text"),
             load_as: var.clone(),
             set: Some(format!("{tgt} = CONV({var}, 2, 10) + 0")),
+            insert: "CONV(?, 2, 10) + 0".into(),
         };
     }
     if t.starts_with("timestamp") && t.contains("with time zone") {
@@ -122,6 +127,7 @@ pub fn load_sql(table: &ConvertedTable, transfers: &[Transfer]) -> String {
                     select: t.select.clone(),
                     load_as: var.clone(),
                     set: Some(format!("{} = {var}", t.load_as)),
+                    insert: t.insert.clone(),
                 }
             } else {
                 t.clone()
@@ -142,6 +148,35 @@ pub fn load_sql(table: &ConvertedTable, transfers: &[Transfer]) -> String {
     }
     sql
 }
+
+/// A multi-row `INSERT` of `rows` rows into a converted table, one `?` per value.
+pub fn insert_sql(table: &ConvertedTable, transfers: &[Transfer], rows: usize) -> String {
+    let cols: Vec<String> = table.columns.iter().map(|c| quote(&c.target)).collect();
+    let exprs: Vec<&str> = transfers.iter().map(|t| t.insert.as_str()).collect();
+    let one = format!("({})", exprs.join(", "));
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        quote(&table.target),
+        cols.join(", ")
+    );
+    sql.reserve(rows * (one.len() + 2));
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&one);
+    }
+    sql
+}
+
+/// Rows per multi-row INSERT: at most 1000, and under MySQL's 65,535 placeholders.
+pub fn insert_batch_rows(columns: usize) -> usize {
+    (65_535 / columns.max(1)).clamp(1, 1000)
+}
+
+/// Bytes of values after which a multi-row INSERT is sent even if it has fewer rows (well
+/// under the 16 MB `max_allowed_packet` of MariaDB's default configuration).
+pub const INSERT_BATCH_BYTES: usize = 4 << 20;
 
 /// Rewrite one row of PostgreSQL COPY text for MySQL: `\f` and `\v` become the raw bytes;
 /// every other escape means the same to both.
@@ -209,10 +244,10 @@ pub(crate) fn my_err(what: &str, e: mysql_async::Error) -> Error {
                 ErrorKind::Auth,
                 Some("grant the missing privilege to the target user"),
             ),
-            1148 | 3948 | 2068 => (
+            1148 | 3948 | 2068 | 4166 => (
                 ErrorKind::Prerequisite,
                 Some(
-                    "the server refuses LOAD DATA LOCAL INFILE: SET GLOBAL local_infile = 1 (MySQL) or start MariaDB with local_infile=1; pgtide has no INSERT fallback yet",
+                    "the server refuses LOAD DATA LOCAL INFILE: set mysql.load_method: insert (or auto) in the task file to load with multi-row INSERT, or SET GLOBAL local_infile = 1 on the server",
                 ),
             ),
             1205 | 1213 => (ErrorKind::Transient, None),
@@ -365,26 +400,114 @@ impl MysqlSession {
             let _ = self.conn.query_drop("ROLLBACK").await;
             return Err(my_err(&what, e));
         }
-        if warnings > 0 {
-            let first: Option<(String, u32, String)> = self
-                .conn
-                .query_first("SHOW WARNINGS LIMIT 1")
-                .await
-                .map_err(|e| my_err(&what, e))?;
-            let _ = self.conn.query_drop("ROLLBACK").await;
-            let detail = first
-                .map(|(level, code, msg)| format!("{level} {code}: {}", redact_values(&msg)))
-                .unwrap_or_default();
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{what}: MySQL would have altered or dropped values ({warnings} warnings; first: {detail}); the table's load was rolled back"
-                ),
-            )
-            .with_hint("a value does not fit the converted column type (see the assessment report for the column's caveat): fix or exclude the value on the source, or change the column's type on the target"));
-        }
+        self.refuse_warnings(&what, warnings).await?;
         self.exec("COMMIT", &what).await?;
         Ok(loaded)
+    }
+
+    /// After a statement that reported `warnings`: none is fine; any rolls the transaction
+    /// back and is an error quoting the first (its values removed).
+    async fn refuse_warnings(&mut self, what: &str, warnings: u16) -> Result<()> {
+        if warnings == 0 {
+            return Ok(());
+        }
+        let first: Option<(String, u32, String)> = self
+            .conn
+            .query_first("SHOW WARNINGS LIMIT 1")
+            .await
+            .map_err(|e| my_err(what, e))?;
+        let _ = self.conn.query_drop("ROLLBACK").await;
+        let detail = first
+            .map(|(level, code, msg)| format!("{level} {code}: {}", redact_values(&msg)))
+            .unwrap_or_default();
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{what}: MySQL would have altered or dropped values ({warnings} warnings; first: {detail}); the table's load was rolled back"
+            ),
+        )
+        .with_hint("a value does not fit the converted column type (see the assessment report for the column's caveat): fix or exclude the value on the source, or change the column's type on the target"))
+    }
+
+    /// Whether the server accepts `LOAD DATA LOCAL INFILE` (`@@GLOBAL.local_infile`).
+    pub async fn local_infile(&mut self) -> Result<bool> {
+        let v = self
+            .query_text(
+                "SELECT @@GLOBAL.local_infile",
+                "reading the server's local_infile setting",
+            )
+            .await?;
+        Ok(matches!(v.as_deref(), Some("1") | Some("ON")))
+    }
+
+    /// Insert `rows` (one parameter per column, in the table's column order) into `table` in
+    /// one transaction with multi-row INSERT statements; returns the rows inserted. Any
+    /// warning rolls the transaction back and is an error, as for [`MysqlSession::load`].
+    pub async fn insert<S>(
+        &mut self,
+        table: &ConvertedTable,
+        transfers: &[Transfer],
+        rows: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::io::Result<Vec<mysql_async::Value>>> + Unpin,
+    {
+        use futures::StreamExt;
+        let what = format!("inserting into {}", quote(&table.target));
+        let per_statement = insert_batch_rows(table.columns.len());
+        let full_sql = insert_sql(table, transfers, per_statement);
+        self.exec("START TRANSACTION", &what).await?;
+        let mut rows = rows;
+        let mut inserted = 0u64;
+        let mut batch: Vec<mysql_async::Value> = Vec::new();
+        let mut batch_rows = 0usize;
+        let mut batch_bytes = 0usize;
+        loop {
+            let next = rows.next().await;
+            let done = next.is_none();
+            if let Some(row) = next {
+                let row = match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = self.conn.query_drop("ROLLBACK").await;
+                        return Err(Error::new(ErrorKind::Database, format!("{what}: {e}")));
+                    }
+                };
+                batch_bytes += row
+                    .iter()
+                    .map(|v| match v {
+                        mysql_async::Value::Bytes(b) => b.len(),
+                        _ => 8,
+                    })
+                    .sum::<usize>();
+                batch.extend(row);
+                batch_rows += 1;
+            }
+            let full = batch_rows == per_statement || batch_bytes >= INSERT_BATCH_BYTES;
+            if batch_rows > 0 && (full || done) {
+                let sql = if batch_rows == per_statement {
+                    std::borrow::Cow::Borrowed(full_sql.as_str())
+                } else {
+                    std::borrow::Cow::Owned(insert_sql(table, transfers, batch_rows))
+                };
+                let params = mysql_async::Params::Positional(std::mem::take(&mut batch));
+                let result = self.conn.exec_drop(sql.as_ref(), params).await;
+                if let Err(e) = result {
+                    let _ = self.conn.query_drop("ROLLBACK").await;
+                    return Err(my_err(&what, e));
+                }
+                let warnings = self.conn.get_warnings();
+                self.refuse_warnings(&what, warnings).await?;
+                inserted += self.conn.affected_rows();
+                batch_rows = 0;
+                batch_bytes = 0;
+            }
+            if done {
+                break;
+            }
+        }
+        self.exec("COMMIT", &what).await?;
+        Ok(inserted)
     }
 }
 
@@ -399,6 +522,7 @@ mod tests {
             mysql: mysql.into(),
             type_oid: 0,
             type_name: type_name.into(),
+            not_null: false,
         }
     }
 

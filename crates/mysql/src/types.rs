@@ -62,7 +62,7 @@ fn modifiers(t: &str) -> Vec<u32> {
     }
 }
 
-const DATE_RANGE: &str = "dates before 1000-01-01, BC dates and infinity are outside MySQL's range";
+const DATE_RANGE: &str = "BC dates, infinity and years after 9999 are outside MySQL's range (mysql.out_of_range decides)";
 
 /// Map a built-in type by its `format_type` text (or internal name for element/base types).
 pub fn map_builtin(type_name: &str) -> Mapping {
@@ -89,11 +89,17 @@ pub fn map_builtin(type_name: &str) -> Mapping {
             ),
             _ => lossy(
                 "DECIMAL(65,30)",
-                "unconstrained numeric: values with more than 35 integer or 30 fractional digits, and NaN, do not fit",
+                "unconstrained numeric: values with more than 35 integer or 30 fractional digits, NaN and infinity do not fit (mysql.out_of_range decides)",
             ),
         },
-        "real" | "float4" => lossy("FLOAT", "NaN and infinity are not representable"),
-        "double precision" | "float8" => lossy("DOUBLE", "NaN and infinity are not representable"),
+        "real" | "float4" => lossy(
+            "FLOAT",
+            "NaN, infinity and magnitudes above 3.402823466e38 are not representable (mysql.out_of_range decides)",
+        ),
+        "double precision" | "float8" => lossy(
+            "DOUBLE",
+            "NaN and infinity are not representable (mysql.out_of_range decides)",
+        ),
         "money" => lossy(
             "DECIMAL(19,2)",
             "stored as a number: the currency symbol and lc_monetary formatting are not kept",
@@ -129,7 +135,7 @@ pub fn map_builtin(type_name: &str) -> Mapping {
         ),
         "timestamp with time zone" | "timestamptz" => lossy(
             format!("DATETIME({})", mods.first().copied().unwrap_or(6).min(6)),
-            "stored in UTC without the offset; dates before 1000-01-01, BC and infinity are outside the range",
+            "stored in UTC without the offset; BC dates, infinity and years after 9999 are outside the range (mysql.out_of_range decides)",
         ),
         "time without time zone" | "time" => lossless(format!(
             "TIME({})",

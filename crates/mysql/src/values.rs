@@ -7,8 +7,9 @@
 //! wall-clock time with an offset to strip), `IntervalStyle=postgres`, `bytea_output=hex`,
 //! `lc_monetary=C` and `extra_float_digits=3`.
 //!
-//! A value MySQL cannot hold (a BC or infinite date) is an error naming the column, never
-//! a silent change; the value itself is not quoted.
+//! Values MySQL cannot hold (BC or infinite dates, NaN, too many digits) are judged before
+//! conversion by the column's [`crate::range::Guard`] under the task's policy, exactly as in
+//! the full load; messages name the column, never the value.
 
 use crate::convert::ConvertedColumn;
 use mysql_async::Value;
@@ -16,10 +17,6 @@ use mysql_async::Value;
 /// Why a value cannot be written; never contains the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueError(pub String);
-
-fn is_date_like(type_name: &str) -> bool {
-    type_name == "date" || type_name.starts_with("timestamp")
-}
 
 /// How a column's stream values become MySQL values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +29,6 @@ pub enum Shape {
     Bytes,
     /// `0101` → an integer.
     Bits,
-    /// A date or timestamp: BC and infinite values are refused.
-    Date,
     /// A `timestamptz` in UTC: the offset is stripped.
     TimestampUtc,
     /// A `timetz`: the offset is stripped (as the full load's `::time`).
@@ -98,19 +93,7 @@ pub fn shape(c: &ConvertedColumn) -> Result<Shape, ValueError> {
             c.source
         )));
     }
-    if is_date_like(t) {
-        return Ok(Shape::Date);
-    }
     Ok(Shape::Text)
-}
-
-fn refuse_out_of_range(text: &str) -> Result<(), ValueError> {
-    if text.ends_with(" BC") || text.contains(" BC ") || text.contains("infinity") {
-        return Err(ValueError(
-            "a BC or infinite date/time, which MySQL cannot store".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Strip a trailing `+HH[:MM[:SS]]` / `-HH...` offset from a time or timestamp text.
@@ -172,16 +155,7 @@ pub fn convert(shape: Shape, text: &[u8]) -> Result<Value, ValueError> {
             }
             Value::UInt(v)
         }
-        Shape::Date => {
-            let s = as_str()?;
-            refuse_out_of_range(s)?;
-            Value::Bytes(text.to_vec())
-        }
-        Shape::TimestampUtc => {
-            let s = as_str()?;
-            refuse_out_of_range(s)?;
-            Value::Bytes(strip_offset(s).as_bytes().to_vec())
-        }
+        Shape::TimestampUtc => Value::Bytes(strip_offset(as_str()?).as_bytes().to_vec()),
         Shape::TimeOfDay => Value::Bytes(strip_offset(as_str()?).as_bytes().to_vec()),
         Shape::Money => {
             let s = as_str()?;
@@ -302,6 +276,7 @@ mod tests {
             mysql: mysql.into(),
             type_oid: 0,
             type_name: type_name.into(),
+            not_null: false,
         }
     }
 
@@ -349,8 +324,6 @@ mod tests {
             text(convert(ts, b"2022-02-15 09:57:20.5+00").unwrap()),
             "2022-02-15 09:57:20.5"
         );
-        assert!(convert(ts, b"infinity").is_err());
-        assert!(convert(ts, b"0044-03-15 00:00:00+00 BC").is_err());
         let tz = shape(&col("TIME(6)", "time with time zone")).unwrap();
         assert_eq!(text(convert(tz, b"10:00:00-05:30").unwrap()), "10:00:00");
         let b = shape(&col("LONGBLOB", "bytea")).unwrap();
@@ -366,8 +339,19 @@ mod tests {
         let money = shape(&col("DECIMAL(19,2)", "money")).unwrap();
         assert_eq!(text(convert(money, b"-$1,234.56").unwrap()), "-1234.56");
         let d = shape(&col("DATE", "date")).unwrap();
-        assert!(convert(d, b"-infinity").is_err());
         assert_eq!(text(convert(d, b"2020-01-02").unwrap()), "2020-01-02");
+        // The guard judges the stream's text form; a clamped value converts like any other.
+        let g = crate::range::Guard::of(
+            &col("DATETIME(6)", "timestamp with time zone"),
+            pgtide_core::task::OutOfRange::Clamp,
+        )
+        .unwrap();
+        let crate::range::Verdict::Replace(Some(v)) =
+            g.judge(b"0044-03-15 00:00:00+00 BC").unwrap()
+        else {
+            panic!("a BC timestamp must be replaced");
+        };
+        assert_eq!(text(convert(ts, &v).unwrap()), "0001-01-01 00:00:00");
         assert!(shape(&col("JSON", "hstore")).is_err());
         assert!(shape(&col("JSON", "my_composite")).is_err());
         assert_eq!(
