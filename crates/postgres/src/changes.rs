@@ -210,9 +210,10 @@ struct Spool {
 
 /// Turns pgoutput messages into [`ChangeSink`] calls.
 pub struct Assembler {
-    relations: HashMap<u32, RelationRef>,
+    /// Looked up for every change (foldhash: cheaper than SipHash for an OID).
+    relations: foldhash::HashMap<u32, RelationRef>,
     /// Source columns kept per relation, when a route drops some.
-    projections: HashMap<u32, Option<Vec<usize>>>,
+    projections: foldhash::HashMap<u32, Option<Vec<usize>>>,
     routes: Routes,
     /// Inside a stream block: the top-level xid.
     streaming: Option<u32>,
@@ -246,8 +247,8 @@ impl Assembler {
                 .map_err(|e| spool_err("creating the spill directory", e))?;
         }
         Ok(Assembler {
-            relations: HashMap::new(),
-            projections: HashMap::new(),
+            relations: Default::default(),
+            projections: Default::default(),
             routes: Routes::new(),
             streaming: None,
             spools: HashMap::new(),

@@ -469,7 +469,10 @@ impl CatchUpRun<'_> {
         )
         .await?;
         let slot = self.setup.slot.clone();
-        // Everything committed before `position` is applied (or was confirmed before).
+        // Every transaction committed before `position` has been handed to the applier (it is
+        // durable, in flight, or in the open batch) or was confirmed before. The slot itself
+        // only ever moves to what is durable (`applier.confirmable()`), which may trail it by
+        // the batch in flight.
         let mut position = start.max(applier.confirmable());
         let mut announced = false;
         // Chunks start small so that reading ahead starts early, and double up to the setting.
@@ -480,7 +483,9 @@ impl CatchUpRun<'_> {
         loop {
             if self.shutdown.is_triggered() {
                 drop(ahead.take());
-                self.move_slot(&control, position).await?;
+                applier.commit_batch().await?;
+                self.move_slot(&control, applier.confirmable()).await?;
+                self.publish(applier, false);
                 return Ok(Some(Stop::Signal));
             }
             // The chunk decoded ahead, if it starts where the target is.
@@ -512,8 +517,12 @@ impl CatchUpRun<'_> {
             let mut current = match current {
                 Some(c) => c,
                 None => {
+                    // Streaming and decoding on the slot itself start at the slot's position:
+                    // what was handed off must be durable and the slot moved to it first.
+                    applier.commit_batch().await?;
+                    applier.record_confirmed(position).await?;
                     if limit <= position || limit.0 - position.0 < self.settings.from {
-                        self.move_slot(&control, position).await?;
+                        self.move_slot(&control, applier.confirmable()).await?;
                         return Ok(None);
                     }
                     if !announced {
@@ -524,7 +533,7 @@ impl CatchUpRun<'_> {
                     // The slot may trail the target's checkpoint (a run stopped between its
                     // commit and its confirmation): move it first, so the chunk does not
                     // re-send applied work.
-                    self.move_slot(&control, position).await?;
+                    self.move_slot(&control, applier.confirmable()).await?;
                     let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
                     tracing::debug!(slot, from = %position, upto = %upto, "decoding a chunk");
                     let chunk =
@@ -605,21 +614,28 @@ impl CatchUpRun<'_> {
                     "decoding replication slot {slot} up to {upto} ended inside a transaction"
                 )));
             }
-            applier.commit_batch().await?;
             // Every transaction whose commit record starts before `upto` was in this chunk or
             // an earlier one, so the position is recorded even when none of them was
             // published (an all-filtered chunk would otherwise be decoded again and again).
-            applier.record_confirmed(upto).await?;
+            // The batch goes in flight with the position and the next chunk starts at once:
+            // waiting here for the target left both the target and pgtide idle at every
+            // chunk boundary.
+            applier.hand_off_batch_through(upto).await?;
             pgtide_core::failpoint::hit("catch-up-before-advance");
-            position = applier.confirmable();
-            self.move_slot(&control, position).await?;
+            position = upto;
+            if self.setup.end_lsn == Some(upto) || stopping {
+                applier.commit_batch().await?;
+                self.move_slot(&control, applier.confirmable()).await?;
+                self.publish(applier, self.setup.end_lsn == Some(upto));
+                return Ok(Some(match self.setup.end_lsn {
+                    Some(end) if end == upto => Stop::EndLsn(upto),
+                    _ => Stop::Signal,
+                }));
+            }
+            // Only what is durable: the batch just handed off moves the slot at the next
+            // boundary.
+            self.move_slot(&control, applier.confirmable()).await?;
             self.publish(applier, false);
-            if self.setup.end_lsn == Some(upto) {
-                return Ok(Some(Stop::EndLsn(upto)));
-            }
-            if stopping {
-                return Ok(Some(Stop::Signal));
-            }
         }
     }
 

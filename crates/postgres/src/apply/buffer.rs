@@ -26,7 +26,11 @@
 //! which keep the source's order row by row.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// The merge map hashes every change's key: foldhash (hashbrown's own default, already in the
+/// dependency tree) instead of SipHash, seeded per process.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 /// Key column values, in key order, as text.
 pub type Key = Vec<Option<Bytes>>;
@@ -78,14 +82,12 @@ pub struct Drained {
 /// A buffer that merges changes per key.
 #[derive(Debug, Default)]
 pub struct Compacted {
-    order: Vec<Key>,
     ops: HashMap<Key, Op>,
 }
 
 impl Compacted {
     /// Forget everything (after a TRUNCATE, buffered changes are moot).
     pub fn clear(&mut self) {
-        self.order.clear();
         self.ops.clear();
     }
 
@@ -97,7 +99,6 @@ impl Compacted {
     pub fn insert(&mut self, key: Key, row: Row) -> Result<(), &'static str> {
         match self.slot(&key) {
             None => {
-                self.order.push(key.clone());
                 self.ops.insert(key, Op::Insert(row));
             }
             Some(op @ Op::Delete) => *op = Op::Replace(row),
@@ -110,7 +111,6 @@ impl Compacted {
     pub fn update(&mut self, key: Key, patch: Patch) -> Result<(), &'static str> {
         match self.slot(&key) {
             None => {
-                self.order.push(key.clone());
                 self.ops.insert(key, Op::Update(patch));
             }
             Some(Op::Insert(r)) | Some(Op::Replace(r)) => patch_row(r, &patch),
@@ -124,7 +124,6 @@ impl Compacted {
     pub fn delete(&mut self, key: Key) -> Result<(), &'static str> {
         match self.slot(&key) {
             None => {
-                self.order.push(key.clone());
                 self.ops.insert(key, Op::Delete);
             }
             Some(Op::Insert(_)) => {
@@ -136,27 +135,51 @@ impl Compacted {
         Ok(())
     }
 
-    /// Empty the buffer into statements' worth of work, keys in first-touch order.
+    /// Empty the buffer into statements' worth of work, each list in key order (see
+    /// [`key_order`]).
     pub fn drain(&mut self) -> Drained {
+        let mut ops: Vec<(Key, Op)> = self.ops.drain().collect();
+        ops.sort_unstable_by(|a, b| key_order(&a.0, &b.0));
         let mut d = Drained::default();
-        for key in std::mem::take(&mut self.order) {
-            match self.ops.remove(&key) {
-                None => {}
-                Some(Op::Insert(r)) => d.inserts.push(r),
-                Some(Op::Delete) => d.deletes.push(key),
-                Some(Op::Replace(r)) => {
+        for (key, op) in ops {
+            match op {
+                Op::Insert(r) => d.inserts.push(r),
+                Op::Delete => d.deletes.push(key),
+                Op::Replace(r) => {
                     d.deletes.push(key);
                     d.inserts.push(r);
                 }
-                Some(Op::Update(p)) => {
+                Op::Update(p) => {
                     let sig: Vec<bool> = p.iter().map(Option::is_some).collect();
                     d.updates.entry(sig).or_default().push((key, p));
                 }
             }
         }
-        self.ops.clear();
         d
     }
+}
+
+/// The order a batch's keys are applied in: per key column, NULL first, then shorter text
+/// first, then bytes. For integers (without leading zeros) that is numeric order, for ISO dates
+/// and timestamps chronological order, for uuids their byte order: close to the order of the
+/// target's index on the key, so a set-based UPDATE or DELETE walks the index and a table
+/// loaded in key order page after page instead of jumping around (with a cold cache, a
+/// pgbench-shaped batch spent over half of the target's time finding rows in random order).
+/// Any order is correct: after merging, a batch holds at most one operation per key.
+pub fn key_order(a: &Key, b: &Key) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (Some(x), Some(y)) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// One change kept in source order (tables that cannot be compacted).
@@ -198,6 +221,31 @@ mod tests {
 
     fn b(v: i64) -> Option<Bytes> {
         Some(Bytes::from(v.to_string()))
+    }
+
+    #[test]
+    fn keys_drain_in_index_like_order() {
+        let mut buf = Compacted::default();
+        for k in [10, 9, 100, 1, 25] {
+            buf.update(vec![b(k)], vec![None, Some(b(k))]).unwrap();
+        }
+        buf.insert(vec![b(7)], vec![b(7), b(0)]).unwrap();
+        buf.delete(vec![b(3)]).unwrap();
+        buf.delete(vec![None]).unwrap();
+        let d = buf.drain();
+        let keys: Vec<Key> = d
+            .updates
+            .values()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(keys, [1, 9, 10, 25, 100].map(|k| vec![b(k)]));
+        assert_eq!(d.deletes, vec![vec![None], vec![b(3)]]);
+        assert_eq!(d.inserts, vec![vec![b(7), b(0)]]);
+        assert_eq!(
+            key_order(&vec![b(2), b(10)], &vec![b(2), b(9)]),
+            std::cmp::Ordering::Greater
+        );
     }
 
     #[derive(Debug, Clone)]
@@ -296,7 +344,7 @@ mod tests {
                 }
             }
             let d = buf.drain();
-            prop_assert!(buf.ops.is_empty() && buf.order.is_empty());
+            prop_assert!(buf.ops.is_empty());
             // Apply the way the applier does: deletes, then update groups, then inserts; every
             // delete and update must find its row, every insert must not.
             let mut t = start.clone();

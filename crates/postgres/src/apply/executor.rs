@@ -27,6 +27,7 @@ use crate::connect::classify;
 use bytes::{Bytes, BytesMut};
 use futures::SinkExt;
 use pgtide_core::ident::{QualifiedName, quote_ident};
+use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub(super) enum Step {
     Sql(String, &'static str),
     /// The batch's checkpoint, written in its transaction.
     Checkpoint(Applied),
+    /// A position every source transaction before which is in this batch or an earlier one,
+    /// recorded as confirmed in the batch's transaction (see
+    /// [`super::PgApplier::hand_off_batch_through`]).
+    Confirmed(Lsn),
     /// Per-table change counts, written in the batch's transaction.
     Stats(Vec<(QualifiedName, TableCounts)>),
     /// End of the batch.
@@ -95,6 +100,7 @@ impl Executor {
                 } => self.flush_table(oid, &table, drained, ordered).await?,
                 Step::Sql(sql, what) => self.exec(&sql, what).await?,
                 Step::Checkpoint(p) => self.write_checkpoint(p).await?,
+                Step::Confirmed(lsn) => self.write_confirmed(lsn).await?,
                 Step::Stats(counts) => self.write_stats(&counts).await?,
                 Step::Commit => {
                     if self.open {
@@ -141,6 +147,20 @@ impl Executor {
             )
             .await
             .map_err(|e| classify(e, "recording the applied position on the target"))?;
+        Ok(())
+    }
+
+    /// Record `lsn` as confirmed (in the open transaction, if any).
+    pub(super) async fn write_confirmed(&self, lsn: Lsn) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO pgtide.cdc_progress (task, commit_lsn, end_lsn, commit_time, confirmed_lsn, applied_at) \
+                 VALUES ($1, '0/0', '0/0', NULL, $2::text::pg_lsn, now()) \
+                 ON CONFLICT (task) DO UPDATE SET confirmed_lsn = greatest(cdc_progress.confirmed_lsn, EXCLUDED.confirmed_lsn)",
+                &[&self.task, &lsn.to_string()],
+            )
+            .await
+            .map_err(|e| classify(e, "recording the confirmed position on the target"))?;
         Ok(())
     }
 

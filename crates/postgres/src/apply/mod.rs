@@ -154,6 +154,8 @@ struct InFlight {
     handle: tokio::task::JoinHandle<(Executor, Result<()>)>,
     /// It ends with the batch's COMMIT.
     commits: bool,
+    /// The position it records as confirmed (`Step::Confirmed`).
+    confirms: Option<Lsn>,
     /// The batch's change counts, added to the totals once it committed.
     counts: Vec<(QualifiedName, TableCounts)>,
 }
@@ -177,12 +179,14 @@ pub struct PgApplier {
     executor: Option<Executor>,
     /// Work running on the target while the next batch is built (see [`executor`]).
     in_flight: Option<InFlight>,
-    task: String,
+    /// A position to record as confirmed with the next batch handed off.
+    confirm_with_batch: Option<Lsn>,
     opts: ApplyOptions,
     /// Primary keys known from the source catalog, for `REPLICA IDENTITY FULL` tables that
     /// have one (matching on the key is faster and exact).
     source_keys: HashMap<QualifiedName, Vec<String>>,
-    tables: HashMap<u32, TableState>,
+    /// Looked up for every change (foldhash: cheaper than SipHash for an OID).
+    tables: foldhash::HashMap<u32, TableState>,
     /// Tables with buffered changes, in first-touch order.
     touched: Vec<u32>,
     /// A batch is being built (its transaction opens with its first statements).
@@ -275,10 +279,10 @@ impl PgApplier {
         Ok(PgApplier {
             executor: Some(Executor::new(client, task)),
             in_flight: None,
-            task: task.to_string(),
+            confirm_with_batch: None,
             opts,
             source_keys,
-            tables: HashMap::new(),
+            tables: Default::default(),
             touched: Vec::new(),
             in_tx: false,
             checkpoint: Checkpoint::new(durable, confirmed),
@@ -309,22 +313,27 @@ impl PgApplier {
         if self.in_tx || lsn <= self.checkpoint.confirmed {
             return Ok(());
         }
-        let task = self.task.clone();
         let ex = self.settle().await?;
         if ex.open {
             return Ok(());
         }
-        ex.client
-            .execute(
-                "INSERT INTO pgtide.cdc_progress (task, commit_lsn, end_lsn, commit_time, confirmed_lsn, applied_at) \
-                 VALUES ($1, '0/0', '0/0', NULL, $2::text::pg_lsn, now()) \
-                 ON CONFLICT (task) DO UPDATE SET confirmed_lsn = greatest(cdc_progress.confirmed_lsn, EXCLUDED.confirmed_lsn)",
-                &[&task, &lsn.to_string()],
-            )
-            .await
-            .map_err(|e| classify(e, "recording the confirmed position on the target"))?;
+        ex.write_confirmed(lsn).await?;
         self.checkpoint.confirmed = lsn;
         Ok(())
+    }
+
+    /// Hand the open batch off like [`PgApplier::hand_off_batch`], recording in its
+    /// transaction that every source transaction committing before `upto` is in it or in an
+    /// earlier batch (the caller guarantees it: a catch-up chunk ends there). `upto` becomes
+    /// confirmable when the batch is seen committed, so the next chunk starts without waiting
+    /// for the target. With no open batch, records `upto` at once
+    /// ([`PgApplier::record_confirmed`]).
+    pub async fn hand_off_batch_through(&mut self, upto: Lsn) -> Result<()> {
+        if !self.in_tx {
+            return self.record_confirmed(upto).await;
+        }
+        self.confirm_with_batch = Some(upto);
+        self.hand_off_batch().await
     }
 
     /// A batch is being built or is in flight on the target (changes not yet durable).
@@ -476,7 +485,11 @@ impl PgApplier {
     }
 
     fn count(&mut self, table: &QualifiedName, f: impl FnOnce(&mut TableCounts)) {
-        f(self.counts_pending.entry(table.clone()).or_default());
+        // Per change: look up before cloning the name into a new entry.
+        match self.counts_pending.get_mut(table) {
+            Some(c) => f(c),
+            None => f(self.counts_pending.entry(table.clone()).or_default()),
+        }
     }
 
     fn touch(&mut self, oid: u32) {
@@ -510,6 +523,9 @@ impl PgApplier {
             result?;
             if f.commits {
                 self.checkpoint.in_flight_committed();
+                if let Some(lsn) = f.confirms {
+                    self.checkpoint.confirmed = self.checkpoint.confirmed.max(lsn);
+                }
                 for (n, c) in f.counts {
                     self.counts_total.entry(n).or_default().add(&c);
                 }
@@ -529,6 +545,10 @@ impl PgApplier {
     ) -> Result<()> {
         self.settle().await?;
         let mut ex = self.executor.take().expect("settled");
+        let confirms = steps.iter().find_map(|s| match s {
+            Step::Confirmed(lsn) => Some(*lsn),
+            _ => None,
+        });
         let handle = tokio::spawn(async move {
             let result = ex.run(steps).await;
             (ex, result)
@@ -536,6 +556,7 @@ impl PgApplier {
         self.in_flight = Some(InFlight {
             handle,
             commits,
+            confirms,
             counts,
         });
         Ok(())
@@ -598,6 +619,9 @@ impl PgApplier {
         if let Some(p) = self.checkpoint.batch_handed_off() {
             steps.push(Step::Checkpoint(p));
         }
+        if let Some(upto) = self.confirm_with_batch.take() {
+            steps.push(Step::Confirmed(upto));
+        }
         let counts: Vec<(QualifiedName, TableCounts)> = std::mem::take(&mut self.counts_pending)
             .into_iter()
             .collect();
@@ -636,6 +660,7 @@ impl PgApplier {
         }
         self.touched.clear();
         self.checkpoint.batch_abandoned();
+        self.confirm_with_batch = None;
         self.counts_pending.clear();
         self.batch_opened = None;
         self.batch_changes = 0;
@@ -1082,6 +1107,19 @@ pub trait Applier: ChangeSink + Send {
     /// durable later (at the latest with the next [`Applier::commit_batch`]). Appliers that
     /// cannot overlap commit here.
     fn hand_off_batch(&mut self) -> impl std::future::Future<Output = Result<()>> + Send;
+    /// Hand off the open batch as [`Applier::hand_off_batch`] does, and record `upto` as
+    /// confirmed once it is durable: every source transaction committing before `upto` is in
+    /// that batch or an earlier one (a catch-up chunk ends there). Appliers that cannot
+    /// overlap commit and record here.
+    fn hand_off_batch_through(
+        &mut self,
+        upto: Lsn,
+    ) -> impl std::future::Future<Output = Result<()>> + Send {
+        async move {
+            self.commit_batch().await?;
+            self.record_confirmed(upto).await
+        }
+    }
     /// Source transactions applied since start.
     fn transactions(&self) -> u64;
     /// Applied-change counts per source table since start.
@@ -1109,6 +1147,9 @@ impl Applier for PgApplier {
     }
     async fn hand_off_batch(&mut self) -> Result<()> {
         PgApplier::hand_off_batch(self).await
+    }
+    async fn hand_off_batch_through(&mut self, upto: Lsn) -> Result<()> {
+        PgApplier::hand_off_batch_through(self, upto).await
     }
     fn transactions(&self) -> u64 {
         self.checkpoint.transactions
