@@ -204,3 +204,109 @@ fn sslmodes_follow_libpq_semantics() {
         "150|10"
     );
 }
+
+/// MySQL/MariaDB targets take the same sslmode semantics: a MariaDB that requires secure
+/// transport refuses plain text, accepts `require`, and `verify-full` judges the chain and the
+/// name; `verify-ca` is refused with the way out (the driver cannot skip only the name).
+#[test]
+fn mysql_targets_follow_the_same_sslmodes() {
+    use pgtide_testkit::MariaDbServer;
+    let dir = tempfile::Builder::new()
+        .prefix("pgtide-tls-")
+        .tempdir()
+        .unwrap();
+    // mariadbd runs as an unprivileged user: it must read the certificates.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let certs = make_certs(dir.path());
+    for f in [&certs.ca, &certs.other_ca, &certs.cert, &certs.key] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let maria = MariaDbServer::start_with_args(&[
+        format!("--ssl-cert={}", certs.cert.display()),
+        format!("--ssl-key={}", certs.key.display()),
+        format!("--ssl-ca={}", certs.ca.display()),
+        "--require-secure-transport=ON".to_string(),
+    ])
+    .unwrap();
+    let source = PgServer::start_with(PgOptions::default()).unwrap();
+    source.create_database("src").unwrap();
+    source
+        .psql("src", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g")
+        .unwrap();
+    let p = maria.port();
+    let ca = certs.ca.display();
+    let other = certs.other_ca.display();
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (
+            format!("mysql://pgtide:pgtide@127.0.0.1:{p}/DB?sslmode=disable"),
+            Some("add sslmode=require"),
+        ),
+        (
+            format!("mysql://pgtide:pgtide@127.0.0.1:{p}/DB?sslmode=require"),
+            None,
+        ),
+        (
+            format!("mysql://pgtide:pgtide@localhost:{p}/DB?sslmode=verify-full&sslrootcert={ca}"),
+            None,
+        ),
+        (
+            format!("mysql://pgtide:pgtide@127.0.0.1:{p}/DB?sslmode=verify-ca&sslrootcert={ca}"),
+            Some("use sslmode=verify-full"),
+        ),
+        (
+            format!("mysql://pgtide:pgtide@127.0.0.1:{p}/DB?sslmode=require&sslrootcert={ca}"),
+            Some("not available for MySQL targets"),
+        ),
+        (
+            format!("mysql://pgtide:pgtide@127.0.0.1:{p}/DB?sslmode=verify-full&sslrootcert={ca}"),
+            Some("certificate"),
+        ),
+        (
+            format!(
+                "mysql://pgtide:pgtide@localhost:{p}/DB?sslmode=verify-full&sslrootcert={other}"
+            ),
+            Some("TLS certificate was not accepted"),
+        ),
+        (
+            format!("mysql://pgtide:pgtide@localhost:{p}/DB?sslmode=verify-full"),
+            Some("needs a root certificate"),
+        ),
+    ];
+    for (i, (url, failure)) in cases.iter().enumerate() {
+        let db = format!("d{i}");
+        maria.create_database(&db).unwrap();
+        let url = url.replace("/DB?", &format!("/{db}?"));
+        let task = task_file(
+            dir.path(),
+            &db,
+            &task_yaml("tls", &source.url("src"), &url, ""),
+        );
+        let out = pgtide(&["--progress", "none", "run", task.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match failure {
+            None => {
+                assert!(out.status.success(), "case {i} ({url}) failed:\n{stderr}");
+                assert_eq!(
+                    maria.sql(&db, "SELECT COUNT(*) FROM t").unwrap(),
+                    "100",
+                    "case {i}"
+                );
+            }
+            Some(msg) => {
+                assert_ne!(
+                    out.status.code(),
+                    Some(0),
+                    "case {i} ({url}) should fail:\n{stderr}"
+                );
+                assert!(
+                    stderr.contains(msg),
+                    "case {i}: expected {msg:?} in:\n{stderr}"
+                );
+            }
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub struct MariaDbServer {
     watchdog: Option<Child>,
     server: PathBuf,
     client: PathBuf,
+    /// Extra `mariadbd` options (e.g. TLS certificates).
+    extra: Vec<String>,
 }
 
 fn find_program(names: &[&str]) -> Result<PathBuf> {
@@ -59,6 +61,12 @@ fn free_port() -> Result<u16> {
 impl MariaDbServer {
     /// Install a data directory and start the server.
     pub fn start() -> Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// As [`MariaDbServer::start`], with extra `mariadbd` options (e.g. `--ssl-cert=...`,
+    /// `--require-secure-transport=ON`).
+    pub fn start_with_args(extra: &[String]) -> Result<Self> {
         let install = find_program(&["mariadb-install-db", "mysql_install_db"])?;
         let server = find_program(&["mariadbd", "mysqld"])?;
         let client = find_program(&["mariadb", "mysql"])?;
@@ -78,6 +86,7 @@ impl MariaDbServer {
             watchdog: None,
             server,
             client,
+            extra: extra.to_vec(),
         };
         let mut c = db.command(&install);
         c.arg("--no-defaults")
@@ -164,7 +173,8 @@ impl MariaDbServer {
                 "--innodb-flush-log-at-trx-commit=2",
                 "--skip-name-resolve",
                 "--max-connections=200",
-            ]);
+            ])
+            .args(&self.extra);
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
