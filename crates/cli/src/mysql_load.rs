@@ -100,11 +100,7 @@ impl MysqlLoadReport {
         if !altered.is_empty() {
             out.push_str(&format!(
                 "values outside MySQL's range written as {} (mysql.out_of_range: {}):\n{}\n",
-                if self.out_of_range == OutOfRange::Null {
-                    "NULL"
-                } else {
-                    "the nearest value the column holds (NaN as NULL)"
-                },
+                pgtide_mysql::range::written_as(self.out_of_range),
                 self.out_of_range.as_str(),
                 altered.join("\n")
             ));
@@ -251,13 +247,16 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
                 ErrorKind::Prerequisite,
                 "mysql.load_method is load-data, but the target server has local_infile off",
             )
-            .with_hint("SET GLOBAL local_infile = 1 on the server, or set mysql.load_method: auto (multi-row INSERT, slower)"));
+            .with_hint("SET GLOBAL local_infile = 1 on the server, or set mysql.load_method: auto (multi-row INSERT)"));
         }
     };
     if load_data {
         tracing::info!("loading with LOAD DATA LOCAL INFILE");
     } else if local_infile {
-        tracing::info!("loading with multi-row INSERT (mysql.load_method: insert)");
+        tracing::info!(
+            "loading with multi-row INSERT (mysql.load_method: {})",
+            task.mysql.load_method.as_str()
+        );
     } else {
         tracing::info!(
             "the target server has local_infile off: loading with multi-row INSERT statements instead of LOAD DATA LOCAL INFILE"
@@ -410,11 +409,7 @@ async fn worker(
                 table.source,
                 a.column,
                 a.values,
-                if how.policy == OutOfRange::Null {
-                    "NULL"
-                } else {
-                    "the nearest value the column holds"
-                },
+                pgtide_mysql::range::written_as(how.policy),
                 how.policy.as_str()
             );
         }

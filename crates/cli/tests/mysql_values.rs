@@ -157,7 +157,7 @@ fn null_writes_null_but_not_into_a_not_null_column_and_error_stops_the_stream() 
         dir.path(),
         "nu",
         &format!(
-            "{}mysql: {{ out_of_range: null }}\n",
+            "{}mysql: {{ out_of_range: \"null\" }}\n",
             task_yaml("nu", &source.url("src"), &maria.url("dst"), "")
         ),
     );

@@ -91,6 +91,7 @@ fn postgres_15_into_postgres_17() {
         ..Default::default()
     })
     .unwrap();
+    assert_eq!(server_major(&source), "15");
     assert_eq!(server_major(&target), "17");
     source.create_database("src").unwrap();
     source.psql("src", SCHEMA).unwrap();
@@ -115,6 +116,7 @@ fn postgres_17_into_postgres_15() {
         ..Default::default()
     })
     .unwrap();
+    assert_eq!(server_major(&target), "15");
     source.create_database("src").unwrap();
     source.psql("src", SCHEMA).unwrap();
     source.psql("src", ROWS).unwrap();

@@ -8,8 +8,9 @@
 //!
 //! Points: `apply-before-commit` (a batch is written but not committed), `cdc-after-commit`
 //! (a batch is committed, its position not yet confirmed to the source), `load-after-chunk`
-//! (a chunk committed during the full load), `catch-up-before-advance` (a catch-up chunk is
-//! committed on the target, the slot not yet moved).
+//! (a chunk committed during the full load), `catch-up-before-advance` (at a catch-up chunk's
+//! end: its last batch handed to the target and possibly not committed, earlier batches
+//! committed, the slot not yet moved to them).
 
 use std::sync::OnceLock;
 

@@ -201,17 +201,23 @@ impl LoadMethod {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMysql {
-    #[serde(default, deserialize_with = "null_is_a_policy")]
+    #[serde(default, deserialize_with = "no_yaml_null")]
     out_of_range: OutOfRange,
     load_method: Option<LoadMethod>,
 }
 
-/// `out_of_range: null` is YAML's null, not the string: it means the `null` policy (left to
-/// serde, it would read as "not set" and silently mean `error`).
-fn null_is_a_policy<'de, D: serde::Deserializer<'de>>(
+/// `out_of_range: null` unquoted is YAML's null (as are `~` and an empty value), not the
+/// policy's name. Left to serde it would read as "not set" (`error`); read as the `null`
+/// policy, a forgotten value would turn data changes on. Either way the operator would not get
+/// what they wrote, so it is refused with the spelling that works.
+fn no_yaml_null<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<OutOfRange, D::Error> {
-    Ok(Option::<OutOfRange>::deserialize(d)?.unwrap_or(OutOfRange::Null))
+    Option::<OutOfRange>::deserialize(d)?.ok_or_else(|| {
+        serde::de::Error::custom(
+            "mysql.out_of_range has no value (YAML reads null, ~ and an empty value as none): write error, clamp, or \"null\" in quotes",
+        )
+    })
 }
 
 /// Settings for MySQL/MariaDB targets (the task file's `mysql:` section).
@@ -1120,9 +1126,16 @@ mod tests {
         .unwrap();
         assert_eq!(t.mysql.out_of_range, OutOfRange::Clamp);
         assert_eq!(t.mysql.load_method, LoadMethod::Insert);
-        for null in ["null", "\"null\"", "~"] {
-            let t = Task::from_yaml(&format!("{my}mysql: {{ out_of_range: {null} }}\n")).unwrap();
-            assert_eq!(t.mysql.out_of_range, OutOfRange::Null, "{null}");
+        let t = Task::from_yaml(&format!("{my}mysql: {{ out_of_range: \"null\" }}\n")).unwrap();
+        assert_eq!(t.mysql.out_of_range, OutOfRange::Null);
+        for none in ["null", "~", ""] {
+            let e =
+                Task::from_yaml(&format!("{my}mysql: {{ out_of_range: {none} }}\n")).unwrap_err();
+            assert!(
+                e.message().contains("in quotes"),
+                "{none:?}: {}",
+                e.report()
+            );
         }
         let t = Task::from_yaml(&format!("{my}mysql: {{ load_method: auto }}\n")).unwrap();
         assert_eq!(t.mysql.out_of_range, OutOfRange::Error);

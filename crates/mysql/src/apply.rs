@@ -265,11 +265,6 @@ impl MysqlApplier {
         })
     }
 
-    /// Values the out-of-range policy changed in committed batches, by `table.column`.
-    pub fn altered(&self) -> &HashMap<String, u64> {
-        &self.altered_total
-    }
-
     /// Abandon the open batch (after an error).
     pub async fn rollback(&mut self) {
         if self.in_tx {
@@ -355,7 +350,10 @@ impl MysqlApplier {
         Ok(oid)
     }
 
-    fn value(&self, oid: u32, col: usize, v: &PgValue) -> Result<Value> {
+    /// A column value as MySQL takes it. `written`: the value is stored (a row's or a SET's
+    /// value), so a change by the out-of-range policy is counted; key values that only find
+    /// rows are converted alike but not counted again.
+    fn value(&self, oid: u32, col: usize, v: &PgValue, written: bool) -> Result<Value> {
         let m = &self.mapped[&oid];
         match v {
             PgValue::Null => Ok(Value::NULL),
@@ -365,12 +363,14 @@ impl MysqlApplier {
                 let text = match guard.map(|g| g.judge(b)) {
                     None | Some(Ok(Verdict::Fits)) => Cow::Borrowed(&b[..]),
                     Some(Ok(Verdict::Replace(v))) => {
-                        *self
-                            .altered_pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(name())
-                            .or_default() += 1;
+                        if written {
+                            *self
+                                .altered_pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(name())
+                                .or_default() += 1;
+                        }
                         match v {
                             Some(v) => v,
                             None => return Ok(Value::NULL),
@@ -415,7 +415,7 @@ impl MysqlApplier {
         }
         m.key
             .iter()
-            .map(|&i| self.value(oid, i, tuple.0.get(i).unwrap_or(&PgValue::Null)))
+            .map(|&i| self.value(oid, i, tuple.0.get(i).unwrap_or(&PgValue::Null), false))
             .collect()
     }
 
@@ -529,7 +529,7 @@ impl MysqlApplier {
             .0
             .iter()
             .enumerate()
-            .map(|(i, v)| self.value(oid, i, v))
+            .map(|(i, v)| self.value(oid, i, v, true))
             .collect::<Result<_>>()?;
         let target = self.target_of(oid);
         match self.open_run(oid, target, false).await? {
@@ -598,7 +598,7 @@ impl MysqlApplier {
                 continue;
             }
             sets.push(format!("{} = ?", quote(&m.columns[i].0)));
-            params.push(self.value(oid, i, v)?);
+            params.push(self.value(oid, i, v, true)?);
         }
         let m = &self.mapped[&oid];
         let key_cols: Vec<String> = m
@@ -811,12 +811,8 @@ impl Applier for MysqlApplier {
             let total = self.altered_total.entry(column.clone()).or_default();
             if *total == 0 {
                 tracing::warn!(
-                    "{column}: a value outside MySQL's range was written as {} (mysql.out_of_range: {}); further ones are counted",
-                    if self.config.out_of_range == OutOfRange::Null {
-                        "NULL"
-                    } else {
-                        "the nearest value the column holds"
-                    },
+                    "{column}: a value outside MySQL's range was written as {} (mysql.out_of_range: {}); further ones are not logged",
+                    range::written_as(self.config.out_of_range),
                     self.config.out_of_range.as_str()
                 );
             }

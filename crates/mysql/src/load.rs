@@ -566,8 +566,9 @@ impl MysqlSession {
                 let row = match row {
                     Ok(r) => r,
                     Err(e) => {
+                        // The rows' stream failed (reading the source), as LOAD DATA reports it.
                         let _ = self.conn.query_drop("ROLLBACK").await;
-                        return Err(Error::new(ErrorKind::Database, format!("{what}: {e}")));
+                        return Err(Error::new(ErrorKind::Connection, format!("{what}: {e}")));
                     }
                 };
                 batch_bytes += row

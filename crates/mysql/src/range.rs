@@ -65,17 +65,27 @@ const FLOAT_MAX: &str = "3.402823466e38";
 const DOUBLE_MAX: &str = "1.7976931348623157e308";
 
 fn modifiers(t: &str) -> Vec<u8> {
-    match (t.find('('), t.rfind(')')) {
-        (Some(a), Some(b)) if b > a => t[a + 1..b]
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect(),
-        _ => Vec::new(),
+    crate::types::modifiers(t)
+        .into_iter()
+        .filter_map(|m| u8::try_from(m).ok())
+        .collect()
+}
+
+/// How the policy writes a changed value, for reports and logs.
+pub fn written_as(policy: OutOfRange) -> &'static str {
+    match policy {
+        OutOfRange::Null => "NULL",
+        _ => "the nearest value the column holds (NaN as NULL)",
     }
 }
 
 /// The limit of a converted column, when its MySQL type is narrower than its source type.
 pub fn limit(c: &ConvertedColumn) -> Option<Limit> {
+    if c.type_name == "money" {
+        // DECIMAL(19,2) holds every money value; and the stream's text form (`-$1,234.56`)
+        // is only a number after `values::convert`.
+        return None;
+    }
     let m = c.mysql.as_str();
     let base = m.split('(').next().unwrap_or(m);
     match base {
@@ -440,6 +450,9 @@ mod tests {
             Some("fits:3.4028e+38".into())
         );
         assert!(limit(&col("INT", false)).is_none());
+        let mut money = col("DECIMAL(19,2)", false);
+        money.type_name = "money".into();
+        assert!(limit(&money).is_none(), "every money value fits");
         assert!(limit(&col("LONGTEXT", false)).is_none());
     }
 

