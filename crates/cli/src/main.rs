@@ -334,7 +334,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Check { task, json } => {
             let task = Task::load(&task)?;
-            task.require_postgres_target("check")?;
             let report = ops::check::check(&task).await;
             if json {
                 println!("{}", to_json(&report)?);

@@ -117,6 +117,16 @@ pub async fn run(task: &Task) -> Result<MysqlLoadReport> {
     Ok(load(task, None).await?.0)
 }
 
+/// The selected columns that have no MySQL type mapping (`schema.table.column`).
+pub(crate) fn unsupported_columns(conversion: &Conversion) -> Vec<String> {
+    conversion
+        .items
+        .iter()
+        .filter(|i| i.kind == "column" && matches!(i.status, Status::ActionRequired(_)))
+        .map(|i| i.source.clone())
+        .collect()
+}
+
 /// Where the load reads from: a snapshot it exported, or one it was given (a replication
 /// slot's, held open by the caller).
 enum Snapshot {
@@ -164,12 +174,7 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
         .map(|t| (&t.source, t.partitioned))
         .collect();
     pgtide_postgres::snapshot::lock_for_load(snapshot.client(), &locked).await?;
-    let unsupported: Vec<String> = conversion
-        .items
-        .iter()
-        .filter(|i| i.kind == "column" && matches!(i.status, Status::ActionRequired(_)))
-        .map(|i| i.source.clone())
-        .collect();
+    let unsupported = unsupported_columns(&conversion);
     if !unsupported.is_empty() {
         return Err(Error::new(
             ErrorKind::Unsupported,

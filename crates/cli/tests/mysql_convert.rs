@@ -129,7 +129,7 @@ fn mysql_targets_are_refused_where_not_supported_yet() {
             "",
         ),
     );
-    for cmd in ["check", "status", "validate", "cleanup"] {
+    for cmd in ["status", "validate", "cleanup"] {
         let o = pgtide(&[cmd, task.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
@@ -278,5 +278,53 @@ fn a_value_mysql_cannot_hold_stops_the_load() {
     assert_eq!(
         maria.sql("dst", "SELECT COUNT(*) FROM events").unwrap(),
         "0"
+    );
+}
+
+/// `pgtide check` with a MySQL target: the source's prerequisites as for PostgreSQL, then the
+/// target's server, load method, TLS, type conversion and expected tables.
+#[test]
+fn check_reports_a_mysql_targets_prerequisites() {
+    let source = PgServer::start_with(PgOptions::default()).unwrap();
+    load_pagila(&source, "pagila").unwrap();
+    let maria = MariaDbServer::start().unwrap();
+    maria.create_database("pagila").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(
+        dir.path(),
+        "chk",
+        &task_yaml("chk", &source.url("pagila"), &maria.url("pagila"), ""),
+    );
+    let o = pgtide(&["check", task.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for needle in [
+        "target MySQL/MariaDB",
+        "LOAD DATA LOCAL INFILE (local_infile is on)",
+        "columns convert with a caveat",
+        "not encrypted (sslmode=",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    maria.sql("", "SET GLOBAL local_infile = 0").unwrap();
+    let strict = task_file(
+        dir.path(),
+        "chk2",
+        &format!(
+            "{}full_load: {{ table_preparation: truncate }}\nmysql: {{ load_method: load-data }}\n",
+            task_yaml("chk2", &source.url("pagila"), &maria.url("pagila"), "")
+        ),
+    );
+    let o = pgtide(&["check", strict.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("local_infile off"), "{out}");
+    assert!(
+        out.contains("`film`") && out.contains("does not exist on the target"),
+        "{out}"
     );
 }

@@ -526,6 +526,16 @@ impl MysqlSession {
         .with_hint("a value does not fit the converted column type (see the assessment report for the column's caveat): fix or exclude the value on the source, or change the column's type on the target"))
     }
 
+    /// The session's TLS cipher, `None` when the connection is not encrypted.
+    pub async fn tls_cipher(&mut self) -> Result<Option<String>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            .await
+            .map_err(|e| my_err("reading the session's TLS status", e))?;
+        Ok(row.map(|(_, v)| v).filter(|v| !v.is_empty()))
+    }
+
     /// Whether the server accepts `LOAD DATA LOCAL INFILE` (`@@GLOBAL.local_infile`).
     pub async fn local_infile(&mut self) -> Result<bool> {
         let v = self

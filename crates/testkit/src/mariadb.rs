@@ -88,9 +88,18 @@ impl MariaDbServer {
             client,
             extra: extra.to_vec(),
         };
+        // A temporary directory of its own: bootstraps running at the same time in a shared
+        // /tmp collided on MariaDB's internal temporary table files (seen as "Could not
+        // remove temporary table" and a failed install).
+        let tmp = db.tmp_dir();
+        fs::create_dir(&tmp)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+        }
         let mut c = db.command(&install);
         c.arg("--no-defaults")
             .arg(format!("--datadir={}", db.data_dir().display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
         if run_as.is_some() {
             // mariadb-install-db refuses to run as root without a --user; we already are that user.
@@ -143,6 +152,10 @@ impl MariaDbServer {
         self.root.path().join("data")
     }
 
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.path().join("tmp")
+    }
+
     /// The server's Unix socket.
     pub fn socket(&self) -> PathBuf {
         self.root.path().join("mariadb.sock")
@@ -157,6 +170,7 @@ impl MariaDbServer {
         c.arg("--no-defaults")
             .arg(format!("--datadir={}", self.data_dir().display()))
             .arg(format!("--port={}", self.port))
+            .arg(format!("--tmpdir={}", self.tmp_dir().display()))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!(

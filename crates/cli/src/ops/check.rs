@@ -13,9 +13,12 @@
 
 use crate::plan;
 use pgtide_core::Error;
+use pgtide_core::endpoint::{EndpointKind, SslMode};
 use pgtide_core::ident::QualifiedName;
 use pgtide_core::schema::{ReplicaIdentity, Schema};
-use pgtide_core::task::{CdcSettings, Mode, TablePreparation, TablesWithoutKey, Task};
+use pgtide_core::task::{CdcSettings, LoadMethod, Mode, TablePreparation, TablesWithoutKey, Task};
+use pgtide_mysql::convert::{Status, quote as my_quote};
+use pgtide_mysql::load::{MysqlSession, MysqlTarget};
 use pgtide_postgres::connect::{Side, classify, connect};
 use pgtide_postgres::introspect;
 use pgtide_postgres::replication::ReplicationClient;
@@ -172,14 +175,23 @@ pub async fn check(task: &Task) -> CheckReport {
             None
         }
     };
-    let target = match connect(&task.target.url, Side::Target).await {
-        Ok(c) => {
+    let connected_target = match task.target.kind() {
+        EndpointKind::Mysql => match MysqlTarget::new(&task.target.url) {
+            Ok(t) => t.dedicated().await.map(|s| Target::Mysql(t, s)),
+            Err(e) => Err(e),
+        },
+        _ => connect(&task.target.url, Side::Target)
+            .await
+            .map(Target::Pg),
+    };
+    let mut target = match connected_target {
+        Ok(t) => {
             f.ok(
                 "connect",
                 "target",
                 format!("connected to {}", task.target.url),
             );
-            Some(c)
+            Some(t)
         }
         Err(e) => {
             f.add(
@@ -193,10 +205,14 @@ pub async fn check(task: &Task) -> CheckReport {
         }
     };
     let connected = source.is_some() && target.is_some();
-    if let (Some(source), Some(target)) = (&source, &target) {
+    if let (Some(source), Some(target)) = (&source, &mut target) {
         if let Err(e) = check_both(task, cdc, source, target, &mut f).await {
             f.could_not("catalog", e);
         }
+    }
+    if let Some(Target::Mysql(t, s)) = target {
+        s.close().await;
+        t.close().await;
     }
     let mut findings = f.0;
     findings.sort_by_key(|x| x.severity);
@@ -207,14 +223,40 @@ pub async fn check(task: &Task) -> CheckReport {
     }
 }
 
+/// The target's connection: PostgreSQL, or MySQL/MariaDB (a pool and a dedicated session).
+enum Target {
+    Pg(Client),
+    Mysql(MysqlTarget, MysqlSession),
+}
+
 async fn check_both(
     task: &Task,
     cdc: bool,
     source: &Client,
-    target: &Client,
+    target: &mut Target,
     f: &mut Findings,
 ) -> pgtide_core::Result<()> {
     let sv = introspect::server_version(source).await?;
+    if let Target::Pg(target) = target {
+        check_versions(sv, target, f).await?;
+    }
+    let Some((schema, load_plan)) = check_source(task, cdc, source, sv, f).await? else {
+        return Ok(());
+    };
+    match target {
+        Target::Pg(c) => check_target(task, c, &schema, &load_plan, f).await?,
+        Target::Mysql(_, session) => {
+            check_mysql_target(task, cdc, session, &schema, &load_plan, f).await?
+        }
+    }
+    if cdc {
+        check_activity(task, source, f).await?;
+    }
+    Ok(())
+}
+
+/// Source and target versions (PostgreSQL targets).
+async fn check_versions(sv: u32, target: &Client, f: &mut Findings) -> pgtide_core::Result<()> {
     let tv = introspect::server_version(target).await?;
     let major = |v: u32| if v >= 100000 { v / 10000 } else { v / 100 };
     if major(tv) < major(sv) {
@@ -236,6 +278,18 @@ async fn check_both(
             ),
         );
     }
+    Ok(())
+}
+
+/// The source's side: version, role, replication, the selection, privileges and tables.
+/// Returns the catalog and the plan, or `None` when the selection itself failed (reported).
+async fn check_source(
+    task: &Task,
+    cdc: bool,
+    source: &Client,
+    sv: u32,
+    f: &mut Findings,
+) -> pgtide_core::Result<Option<(Schema, plan::LoadPlan)>> {
     if cdc && sv < 100000 {
         f.add(
             Severity::Error,
@@ -309,7 +363,7 @@ async fn check_both(
                 e.message().to_string(),
                 e.hint().map(str::to_string),
             );
-            return Ok(());
+            return Ok(None);
         }
     };
     for w in &load_plan.warnings {
@@ -330,11 +384,7 @@ async fn check_both(
 
     check_privileges(source, &selected, superuser, bypassrls, cdc, f).await?;
     check_tables(task, &schema, &selected, cdc, f);
-    check_target(task, target, &schema, &load_plan, f).await?;
-    if cdc {
-        check_activity(task, source, f).await?;
-    }
-    Ok(())
+    Ok(Some((schema, load_plan)))
 }
 
 async fn check_replication_settings(
@@ -673,6 +723,166 @@ fn check_tables(
             Some("set full_load.large_objects: skip and move them with pg_dump --large-objects --data-only".into()),
         );
     }
+}
+
+/// A MySQL/MariaDB target: its server, the full load's method, TLS, whether every selected
+/// column converts (and streams, for CDC), and the tables a truncate/do-nothing preparation
+/// expects.
+async fn check_mysql_target(
+    task: &Task,
+    cdc: bool,
+    session: &mut MysqlSession,
+    schema: &Schema,
+    load_plan: &plan::LoadPlan,
+    f: &mut Findings,
+) -> pgtide_core::Result<()> {
+    let version = session
+        .query_text("SELECT VERSION()", "reading the target's version")
+        .await?
+        .unwrap_or_default();
+    f.ok(
+        "versions",
+        "target",
+        format!("target MySQL/MariaDB {version}"),
+    );
+
+    let local_infile = session.local_infile().await?;
+    match (task.mysql.load_method, local_infile) {
+        (LoadMethod::LoadData, false) => f.add(
+            Severity::Error,
+            "load_method",
+            "target",
+            "mysql.load_method is load-data, but the server has local_infile off",
+            Some("SET GLOBAL local_infile = 1 on the server, or set mysql.load_method: auto (multi-row INSERT)".into()),
+        ),
+        (LoadMethod::Insert, _) => f.add(
+            Severity::Info,
+            "load_method",
+            "target",
+            "the full load uses multi-row INSERT (mysql.load_method: insert)",
+            None,
+        ),
+        (LoadMethod::Auto, false) => f.add(
+            Severity::Info,
+            "load_method",
+            "target",
+            "the server has local_infile off: the full load uses multi-row INSERT",
+            None,
+        ),
+        _ => f.ok(
+            "load_method",
+            "target",
+            "the full load uses LOAD DATA LOCAL INFILE (local_infile is on)",
+        ),
+    }
+
+    match session.tls_cipher().await? {
+        Some(cipher) => f.ok("tls", "target", format!("encrypted ({cipher})")),
+        None if matches!(task.target.url.sslmode, SslMode::Disable | SslMode::Prefer) => f.add(
+            Severity::Info,
+            "tls",
+            "target",
+            format!(
+                "not encrypted (sslmode={})",
+                task.target.url.sslmode.as_str()
+            ),
+            Some("add sslmode=require or verify-full to the target URL to encrypt".into()),
+        ),
+        None => f.add(
+            Severity::Error,
+            "tls",
+            "target",
+            "sslmode asks for TLS but the session is not encrypted",
+            None,
+        ),
+    }
+
+    let conversion =
+        pgtide_mysql::convert::convert(schema, &load_plan.selected, &[], &task.target.url.database);
+    let unsupported = crate::mysql_load::unsupported_columns(&conversion);
+    if !unsupported.is_empty() {
+        f.add(
+            Severity::Error,
+            "types",
+            "columns",
+            format!(
+                "these columns have no MySQL type mapping: {}",
+                unsupported.join(", ")
+            ),
+            Some("run pgtide convert to see why; change their type on the source, or exclude their tables".into()),
+        );
+    }
+    let lossy: Vec<&str> = conversion
+        .items
+        .iter()
+        .filter(|i| i.kind == "column" && matches!(i.status, Status::ConvertedWithLoss(_)))
+        .map(|i| i.source.as_str())
+        .collect();
+    if lossy.is_empty() {
+        f.ok("types", "columns", "every selected column converts as is");
+    } else {
+        f.add(
+            Severity::Warning,
+            "types",
+            "columns",
+            format!(
+                "{} columns convert with a caveat (first: {}); values MySQL cannot hold follow mysql.out_of_range: {}",
+                lossy.len(),
+                lossy.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                task.mysql.out_of_range.as_str()
+            ),
+            Some("read each caveat in the assessment report of pgtide convert".into()),
+        );
+    }
+    if cdc {
+        let not_streamed: Vec<String> = conversion
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.columns
+                    .iter()
+                    .filter(|c| pgtide_mysql::values::shape(c).is_err())
+                    .map(move |c| format!("{}.{}", t.source, c.source))
+            })
+            .collect();
+        if !not_streamed.is_empty() {
+            f.add(
+                Severity::Error,
+                "types",
+                "columns",
+                format!(
+                    "change data capture into MySQL cannot convert these columns yet (composite, hstore): {}",
+                    not_streamed.join(", ")
+                ),
+                Some("exclude their tables from the task, or use mode: full-load".into()),
+            );
+        }
+    }
+
+    if task.full_load.table_preparation != TablePreparation::DropAndCreate && task.mode != Mode::Cdc
+    {
+        for t in &conversion.tables {
+            let exists = session
+                .query_text(
+                    &format!(
+                        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = {}",
+                        pgtide_mysql::types::mysql_literal(&t.target)
+                    ),
+                    "reading the target's tables",
+                )
+                .await?;
+            if exists.as_deref() != Some("1") {
+                f.add(
+                    Severity::Error,
+                    "target_tables",
+                    my_quote(&t.target),
+                    "the table does not exist on the target",
+                    Some("create it (pgtide convert writes the DDL), or use table_preparation: drop-and-create".into()),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn check_target(
