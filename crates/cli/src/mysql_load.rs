@@ -197,16 +197,7 @@ pub async fn load(task: &Task, snapshot: Option<&str>) -> Result<(MysqlLoadRepor
                 control.exec(&t.create, &what).await?;
             }
             TablePreparation::Truncate | TablePreparation::DoNothing => {
-                let exists = control
-                    .query_text(
-                        &format!(
-                            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = {}",
-                            pgtide_mysql::types::mysql_literal(&t.target)
-                        ),
-                        &what,
-                    )
-                    .await?;
-                if exists.as_deref() != Some("1") {
+                if !control.table_exists(&t.target).await? {
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         format!("table {} does not exist on the target", quote(&t.target)),

@@ -56,12 +56,7 @@ fn clamped() -> Vec<String> {
 
 #[test]
 fn clamp_writes_the_nearest_value_in_load_and_stream_and_counts_it() {
-    let source = PgServer::start_with(PgOptions::default()).unwrap();
-    source.create_database("src").unwrap();
-    source.psql("src", SCHEMA).unwrap();
-    source.psql("src", &rows(0)).unwrap();
-    let maria = MariaDbServer::start().unwrap();
-    maria.create_database("dst").unwrap();
+    let (source, maria) = servers();
     let dir = tempfile::tempdir().unwrap();
     let task = task_file(
         dir.path(),
@@ -121,37 +116,24 @@ fn clamp_writes_the_nearest_value_in_load_and_stream_and_counts_it() {
 fn run_until_end(run: &mut Running, task: &std::path::Path, end: &str) -> String {
     assert!(run.running(), "the first run is streaming");
     run.terminate();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while run.running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    run_ok_args_err(&["run", task.to_str().unwrap(), "--end-lsn", end])
+    wait_until(60, "the first run to stop", || !run.running());
+    run_ok_args_both(&["run", task.to_str().unwrap(), "--end-lsn", end]).1
 }
 
-/// `pgtide ARGS` must succeed; its stderr.
-fn run_ok_args_err(args: &[&str]) -> String {
-    let o = pgtide(args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        o.status.success(),
-        "pgtide {args:?} failed:\n{}\n{err}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    err
-}
-
-#[test]
-fn null_writes_null_but_not_into_a_not_null_column_and_error_stops_the_stream() {
+/// A source with the table and its rows, and an empty MariaDB database `dst`.
+fn servers() -> (PgServer, MariaDbServer) {
     let source = PgServer::start_with(PgOptions::default()).unwrap();
     source.create_database("src").unwrap();
     source.psql("src", SCHEMA).unwrap();
     source.psql("src", &rows(0)).unwrap();
     let maria = MariaDbServer::start().unwrap();
     maria.create_database("dst").unwrap();
+    (source, maria)
+}
+
+#[test]
+fn null_writes_null_but_not_into_a_not_null_column_and_error_stops_the_stream() {
+    let (source, maria) = servers();
     let dir = tempfile::tempdir().unwrap();
     let null_task = task_file(
         dir.path(),

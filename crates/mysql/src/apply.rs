@@ -38,7 +38,7 @@ use pgtide_postgres::apply::{Applied, Applier, Checkpoint, TableCounts};
 use pgtide_postgres::changes::{Change, ChangeSink, RelationRef};
 use pgtide_postgres::pgoutput::{OldTuple, PgTimestamp, Tuple, Value as PgValue};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -203,10 +203,11 @@ pub struct MysqlApplier {
     batch_opened: Option<Instant>,
     counts_pending: HashMap<QualifiedName, TableCounts>,
     counts_total: HashMap<QualifiedName, TableCounts>,
-    /// Values the out-of-range policy changed in the open batch, by `table.column` (a mutex
-    /// because values are converted through `&self`).
-    altered_pending: Mutex<HashMap<String, u64>>,
-    altered_total: HashMap<String, u64>,
+    /// Columns (relation OID, column index) whose values the out-of-range policy changed in
+    /// the open batch (a mutex because values are converted through `&self`).
+    altered_pending: Mutex<HashSet<(u32, usize)>>,
+    /// Columns already reported as changed (one warning per column).
+    altered_warned: HashSet<(u32, usize)>,
 }
 
 const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -260,8 +261,8 @@ impl MysqlApplier {
             batch_opened: None,
             counts_pending: HashMap::new(),
             counts_total: HashMap::new(),
-            altered_pending: Mutex::new(HashMap::new()),
-            altered_total: HashMap::new(),
+            altered_pending: Mutex::new(HashSet::new()),
+            altered_warned: HashSet::new(),
         })
     }
 
@@ -364,12 +365,10 @@ impl MysqlApplier {
                     None | Some(Ok(Verdict::Fits)) => Cow::Borrowed(&b[..]),
                     Some(Ok(Verdict::Replace(v))) => {
                         if written {
-                            *self
-                                .altered_pending
+                            self.altered_pending
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .entry(name())
-                                .or_default() += 1;
+                                .insert((oid, col));
                         }
                         match v {
                             Some(v) => v,
@@ -807,16 +806,19 @@ impl Applier for MysqlApplier {
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (column, n) in altered {
-            let total = self.altered_total.entry(column.clone()).or_default();
-            if *total == 0 {
+        for (oid, col) in altered {
+            if self.altered_warned.insert((oid, col)) {
+                let column = self
+                    .mapped
+                    .get(&oid)
+                    .map(|m| format!("{}.{}", m.route.table.source, m.relation.columns[col].name))
+                    .unwrap_or_else(|| format!("relation {oid} column {col}"));
                 tracing::warn!(
                     "{column}: a value outside MySQL's range was written as {} (mysql.out_of_range: {}); further ones are not logged",
                     range::written_as(self.config.out_of_range),
                     self.config.out_of_range.as_str()
                 );
             }
-            *total += n;
         }
         Ok(self.checkpoint.batch_committed())
     }

@@ -526,6 +526,19 @@ impl MysqlSession {
         .with_hint("a value does not fit the converted column type (see the assessment report for the column's caveat): fix or exclude the value on the source, or change the column's type on the target"))
     }
 
+    /// Whether `table` exists in the session's database.
+    pub async fn table_exists(&mut self, table: &str) -> Result<bool> {
+        let n: Option<i64> = self
+            .conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (table,),
+            )
+            .await
+            .map_err(|e| my_err(&format!("looking for table {} on the target", quote(table)), e))?;
+        Ok(n == Some(1))
+    }
+
     /// The session's TLS cipher, `None` when the connection is not encrypted.
     pub async fn tls_cipher(&mut self) -> Result<Option<String>> {
         let row: Option<(String, String)> = self

@@ -62,6 +62,8 @@ pub enum Excess {
 pub struct OutOfRangeError(pub String);
 
 const FLOAT_MAX: &str = "3.402823466e38";
+/// [`FLOAT_MAX`] as a number (checked against the text in a test).
+const FLOAT_MAX_F64: f64 = 3.402823466e38;
 const DOUBLE_MAX: &str = "1.7976931348623157e308";
 
 fn modifiers(t: &str) -> Vec<u8> {
@@ -146,10 +148,9 @@ pub fn check(limit: Limit, text: &[u8]) -> Option<Excess> {
             b"-Infinity" => Some(Excess::Low),
             _ if single => {
                 let v: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
-                let max: f64 = FLOAT_MAX.parse().ok()?;
-                if v > max {
+                if v > FLOAT_MAX_F64 {
                     Some(Excess::High)
-                } else if v < -max {
+                } else if v < -FLOAT_MAX_F64 {
                     Some(Excess::Low)
                 } else {
                     None
@@ -449,6 +450,7 @@ mod tests {
             clamped("FLOAT", "3.4028e+38"),
             Some("fits:3.4028e+38".into())
         );
+        assert_eq!(FLOAT_MAX.parse::<f64>().unwrap(), FLOAT_MAX_F64);
         assert!(limit(&col("INT", false)).is_none());
         let mut money = col("DECIMAL(19,2)", false);
         money.type_name = "money".into();

@@ -98,21 +98,27 @@ impl RowShaper {
     }
 
     /// Judge the guarded fields of a row: the replacements (`(field index, value)`), or the
-    /// error that stops the stream (kept for [`RowShaper::failure`]).
-    fn judge<'a>(&self, fields: &[&'a [u8]]) -> std::io::Result<Vec<Replacement<'a>>> {
+    /// error that stops the stream (kept for [`RowShaper::failure`]). Walks the row once
+    /// without collecting its fields; allocates only when a value is replaced.
+    fn judge<'a>(&self, row: &'a [u8]) -> std::io::Result<Vec<Replacement<'a>>> {
         let mut replaced = Vec::new();
-        for (g, (i, column, guard)) in self.guards.iter().enumerate() {
-            let Some(field) = fields.get(*i) else {
+        // Guards are in column order.
+        let mut guards = self.guards.iter().enumerate().peekable();
+        for (i, field) in fields(row).enumerate() {
+            let Some((g, (_, column, guard))) = guards.next_if(|(_, (gi, _, _))| *gi == i) else {
+                if guards.peek().is_none() {
+                    break;
+                }
                 continue;
             };
-            if *field == b"\\N" {
+            if field == b"\\N" {
                 continue;
             }
             match guard.judge(field) {
                 Ok(Verdict::Fits) => {}
                 Ok(Verdict::Replace(v)) => {
                     self.altered[g].fetch_add(1, Ordering::Relaxed);
-                    replaced.push((*i, v));
+                    replaced.push((i, v));
                 }
                 Err(e) => {
                     let msg = format!("{}.{column}: {}", self.table, e.0);
@@ -128,16 +134,12 @@ impl RowShaper {
 
     /// The row as `LOAD DATA` text.
     pub fn load_data(&self, row: &[u8]) -> std::io::Result<Bytes> {
-        if self.guards.is_empty() {
-            return Ok(crate::load::pg_text_to_mysql(row));
-        }
-        let fields: Vec<&[u8]> = fields(row).collect();
-        let replaced = self.judge(&fields)?;
+        let replaced = self.judge(row)?;
         if replaced.is_empty() {
             return Ok(crate::load::pg_text_to_mysql(row));
         }
         let mut out = Vec::with_capacity(row.len() + 16);
-        for (i, f) in fields.iter().enumerate() {
+        for (i, f) in fields(row).enumerate() {
             if i > 0 {
                 out.push(b'\t');
             }
@@ -154,14 +156,8 @@ impl RowShaper {
 
     /// The row as INSERT parameters.
     pub fn insert_values(&self, row: &[u8]) -> std::io::Result<Vec<Value>> {
-        let fields: Vec<&[u8]> = fields(row).collect();
-        let replaced = if self.guards.is_empty() {
-            Vec::new()
-        } else {
-            self.judge(&fields)?
-        };
-        Ok(fields
-            .iter()
+        let replaced = self.judge(row)?;
+        Ok(fields(row)
             .enumerate()
             .map(|(i, f)| {
                 let v = match replaced.iter().find(|(j, _)| *j == i) {

@@ -484,10 +484,7 @@ impl CatchUpRun<'_> {
         loop {
             if self.shutdown.is_triggered() {
                 drop(ahead.take());
-                applier.commit_batch().await?;
-                self.move_slot(&control, applier.confirmable()).await?;
-                self.publish(applier, false);
-                return Ok(Some(Stop::Signal));
+                return self.finish(applier, &control, Stop::Signal).await;
             }
             // The chunk decoded ahead, if it starts where the target is.
             let mut current = None;
@@ -597,10 +594,8 @@ impl CatchUpRun<'_> {
                         // The control session must be free of the chunk's rows first.
                         drop(current);
                         drop(ahead.take());
-                        applier.commit_batch().await?;
-                        self.move_slot(&control, applier.confirmable()).await?;
-                        self.publish(applier, end.is_some());
-                        return Ok(Some(end.map(Stop::EndLsn).unwrap_or(Stop::Signal)));
+                        let stop = end.map(Stop::EndLsn).unwrap_or(Stop::Signal);
+                        return self.finish(applier, &control, stop).await;
                     }
                 }
                 asm.process(data, applier).await?;
@@ -624,20 +619,31 @@ impl CatchUpRun<'_> {
             applier.hand_off_batch_through(upto).await?;
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = upto;
-            if self.setup.end_lsn == Some(upto) || stopping {
-                applier.commit_batch().await?;
-                self.move_slot(&control, applier.confirmable()).await?;
-                self.publish(applier, self.setup.end_lsn == Some(upto));
-                return Ok(Some(match self.setup.end_lsn {
-                    Some(end) if end == upto => Stop::EndLsn(upto),
-                    _ => Stop::Signal,
-                }));
+            if self.setup.end_lsn == Some(upto) {
+                return self.finish(applier, &control, Stop::EndLsn(upto)).await;
+            }
+            if stopping {
+                return self.finish(applier, &control, Stop::Signal).await;
             }
             // Only what is durable: the batch just handed off moves the slot at the next
             // boundary.
             self.move_slot(&control, applier.confirmable()).await?;
             self.publish(applier, false);
         }
+    }
+
+    /// Leave the catch-up with `stop`: commit what was handed to the applier, move the slot to
+    /// it, show it (caught up when the end LSN was reached).
+    async fn finish<A: Applier>(
+        &mut self,
+        applier: &mut A,
+        control: &tokio_postgres::Client,
+        stop: Stop,
+    ) -> Result<Option<Stop>> {
+        applier.commit_batch().await?;
+        self.move_slot(control, applier.confirmable()).await?;
+        self.publish(applier, matches!(stop, Stop::EndLsn(_)));
+        Ok(Some(stop))
     }
 
     /// Move the slot to `to` when that is ahead of it (only positions durable on the target).

@@ -862,16 +862,7 @@ async fn check_mysql_target(
     if task.full_load.table_preparation != TablePreparation::DropAndCreate && task.mode != Mode::Cdc
     {
         for t in &conversion.tables {
-            let exists = session
-                .query_text(
-                    &format!(
-                        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = {}",
-                        pgtide_mysql::types::mysql_literal(&t.target)
-                    ),
-                    "reading the target's tables",
-                )
-                .await?;
-            if exists.as_deref() != Some("1") {
+            if !session.table_exists(&t.target).await? {
                 f.add(
                     Severity::Error,
                     "target_tables",

@@ -259,6 +259,11 @@ pub fn phase(target: &PgServer, db: &str, task: &str) -> Option<String> {
 
 /// Run pgtide with `args`, assert success, return stdout.
 pub fn run_ok_args(args: &[&str]) -> String {
+    run_ok_args_both(args).0
+}
+
+/// Run pgtide with `args`, assert success, return (stdout, stderr).
+pub fn run_ok_args_both(args: &[&str]) -> (String, String) {
     let mut all = vec!["--progress", "none"];
     all.extend_from_slice(args);
     let out = pgtide(&all);
@@ -269,7 +274,7 @@ pub fn run_ok_args(args: &[&str]) -> String {
         "pgtide {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status.code()
     );
-    stdout
+    (stdout, stderr)
 }
 
 /// Canonical text of every row of `table`, ordered by its key, as an md5 on each side.

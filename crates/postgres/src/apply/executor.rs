@@ -34,6 +34,11 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+/// Indices of the columns a patch (or old row) carries.
+fn present<T>(values: &[Option<T>]) -> Vec<usize> {
+    (0..values.len()).filter(|&i| values[i].is_some()).collect()
+}
+
 /// One piece of work for the target, in order.
 pub(super) enum Step {
     /// A table's buffered changes: merged deletes, updates and inserts, then the ones that
@@ -346,8 +351,7 @@ impl Executor {
         for c in changes {
             let (stmt, values, what) = match c {
                 Ordered::Update { key, patch } => {
-                    let set: Vec<usize> =
-                        (0..patch.len()).filter(|&i| patch[i].is_some()).collect();
+                    let set: Vec<usize> = present(patch);
                     let stmt = self
                         .statement(format!("K{set:?}:{oid}"), || {
                             sql::key_update_sql(table, &set)
@@ -379,10 +383,8 @@ impl Executor {
                     (stmt, v, "a delete")
                 }
                 Ordered::WholeRowUpdate { old, patch } => {
-                    let set: Vec<usize> =
-                        (0..patch.len()).filter(|&i| patch[i].is_some()).collect();
-                    let matchable: Vec<usize> =
-                        (0..old.len()).filter(|&i| old[i].is_some()).collect();
+                    let set: Vec<usize> = present(patch);
+                    let matchable: Vec<usize> = present(old);
                     let stmt = self
                         .statement(format!("WU{set:?}{matchable:?}:{oid}"), || {
                             sql::whole_row_update_sql(table, &set, &matchable)
@@ -396,8 +398,7 @@ impl Executor {
                     (stmt, v, "an update")
                 }
                 Ordered::WholeRowDelete { old } => {
-                    let matchable: Vec<usize> =
-                        (0..old.len()).filter(|&i| old[i].is_some()).collect();
+                    let matchable: Vec<usize> = present(old);
                     let stmt = self
                         .statement(format!("WD{matchable:?}:{oid}"), || {
                             sql::whole_row_delete_sql(table, &matchable)

@@ -152,11 +152,15 @@ struct TableState {
 /// Work handed to the executor and not yet waited for.
 struct InFlight {
     handle: tokio::task::JoinHandle<(Executor, Result<()>)>,
-    /// It ends with the batch's COMMIT.
-    commits: bool,
+    /// Set when the work ends with the batch's COMMIT.
+    committing: Option<Committing>,
+}
+
+/// What a batch handed off makes true once its `COMMIT` has returned.
+struct Committing {
     /// The position it records as confirmed (`Step::Confirmed`).
     confirms: Option<Lsn>,
-    /// The batch's change counts, added to the totals once it committed.
+    /// The batch's change counts, added to the totals.
     counts: Vec<(QualifiedName, TableCounts)>,
 }
 
@@ -521,12 +525,12 @@ impl PgApplier {
             })?;
             self.executor = Some(ex);
             result?;
-            if f.commits {
+            if let Some(c) = f.committing {
                 self.checkpoint.in_flight_committed();
-                if let Some(lsn) = f.confirms {
+                if let Some(lsn) = c.confirms {
                     self.checkpoint.confirmed = self.checkpoint.confirmed.max(lsn);
                 }
-                for (n, c) in f.counts {
+                for (n, c) in c.counts {
                     self.counts_total.entry(n).or_default().add(&c);
                 }
             }
@@ -537,28 +541,14 @@ impl PgApplier {
     }
 
     /// Hand `steps` to the executor on its own task, after the previous work is done.
-    async fn submit(
-        &mut self,
-        steps: Vec<Step>,
-        commits: bool,
-        counts: Vec<(QualifiedName, TableCounts)>,
-    ) -> Result<()> {
+    async fn submit(&mut self, steps: Vec<Step>, committing: Option<Committing>) -> Result<()> {
         self.settle().await?;
         let mut ex = self.executor.take().expect("settled");
-        let confirms = steps.iter().find_map(|s| match s {
-            Step::Confirmed(lsn) => Some(*lsn),
-            _ => None,
-        });
         let handle = tokio::spawn(async move {
             let result = ex.run(steps).await;
             (ex, result)
         });
-        self.in_flight = Some(InFlight {
-            handle,
-            commits,
-            confirms,
-            counts,
-        });
+        self.in_flight = Some(InFlight { handle, committing });
         Ok(())
     }
 
@@ -593,14 +583,14 @@ impl PgApplier {
     /// changes are buffered meanwhile).
     async fn flush_all(&mut self) -> Result<()> {
         let steps = self.drain_steps();
-        self.submit(steps, false, Vec::new()).await
+        self.submit(steps, None).await
     }
 
     /// Apply one table's buffered changes now, before a change that cannot be buffered.
     async fn flush_table(&mut self, oid: u32) -> Result<()> {
         self.touched.retain(|&o| o != oid);
         if let Some(step) = self.drain_table(oid) {
-            self.submit(vec![step], false, Vec::new()).await?;
+            self.submit(vec![step], None).await?;
             self.settle().await?;
         }
         Ok(())
@@ -619,7 +609,8 @@ impl PgApplier {
         if let Some(p) = self.checkpoint.batch_handed_off() {
             steps.push(Step::Checkpoint(p));
         }
-        if let Some(upto) = self.confirm_with_batch.take() {
+        let confirms = self.confirm_with_batch.take();
+        if let Some(upto) = confirms {
             steps.push(Step::Confirmed(upto));
         }
         let counts: Vec<(QualifiedName, TableCounts)> = std::mem::take(&mut self.counts_pending)
@@ -633,7 +624,8 @@ impl PgApplier {
         self.batch_opened = None;
         self.batch_changes = 0;
         self.batch_bytes = 0;
-        self.submit(steps, true, counts).await
+        self.submit(steps, Some(Committing { confirms, counts }))
+            .await
     }
 
     /// Commit the open batch with its checkpoint and wait for it. Returns the new durable
@@ -866,8 +858,7 @@ impl PgApplier {
         let truncated = async {
             self.submit(
                 vec![Step::Sql(sql, "applying a TRUNCATE on the target")],
-                false,
-                Vec::new(),
+                None,
             )
             .await?;
             self.settle().await.map(|_| ())
