@@ -8,6 +8,9 @@ ensure_rust
 ensure_postgres
 ensure_mariadb
 [ -n "${PGTIDE_PG17_BIN:-}" ] || ensure_npm
+# A clean checkout gains nothing from incremental state, and it costs gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "==> disk: $(df -h --output=avail . | tail -1 | tr -d ' ') available for the build"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
