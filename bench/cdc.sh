@@ -13,6 +13,7 @@
 #
 #   bench/cdc.sh                 # the issue's run: 60 s of pgbench, scale 10
 #   SECONDS_RUN=10 bench/cdc.sh  # a quick one
+#   SKIP_STEADY=1 bench/cdc.sh   # only (b), e.g. while working on the drain
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -65,6 +66,18 @@ pgbench_run() { # seconds -> prints tps
         | awk '/^tps/ { printf "%.0f", $3; exit }'
 }
 lsn_ge() { ps -d src -c "SELECT '$1'::pg_lsn >= '$2'::pg_lsn"; }
+TICK=$(getconf CLK_TCK)
+cluster_ticks() { # name -> CPU ticks of the cluster's postmaster, its live children and the reaped ones
+    local pm; pm=$(head -n 1 "$WORK/$1/postmaster.pid")
+    { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
+      for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
+    } | awk '{ s += $1 } END { print s }'
+}
+cpu_mark() { echo "$(cluster_ticks src) $(cluster_ticks dst)"; }
+cpu_since() { # mark -> "source X s, target Y s" of CPU since the mark
+    local now_; now_=$(cpu_mark)
+    awk -v a="$1" -v b="$now_" -v t="$TICK" 'BEGIN { split(a, x); split(b, y); printf "source server %.1f CPU-s, target server %.1f CPU-s", (y[1] - x[1]) / t, (y[2] - x[2]) / t }'
+}
 
 echo "==> source: pgbench scale $SCALE, a lag probe table"
 ps -d postgres -c "CREATE DATABASE src"
@@ -95,38 +108,44 @@ $3
 YAML
 }
 
-echo "==> (a) steady state, $RUN s of pgbench -c 4 -j 2"
-TPS_ALONE=$(pgbench_run "$RUN")
-echo "    without pgtide: $TPS_ALONE tps"
-pd -d postgres -c "CREATE DATABASE steady"
-task steady steady "tables: { include: [\"public.*\"] }"
-"$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" --end-lsn "$(ps -d src -c 'SELECT pg_current_wal_insert_lsn()')" >/dev/null
-"$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" >"$WORK/steady.out" 2>&1 &
-PGTIDE_PID=$!
-peak_rss() { # pid outfile: the process's peak RSS (VmHWM, kB), sampled until it exits
-    while [ -r "/proc/$1/status" ]; do awk '/VmHWM/ { print $2 }' "/proc/$1/status" >"$2.tmp" 2>/dev/null && mv "$2.tmp" "$2"; sleep 0.1; done
-}
-peak_rss "$PGTIDE_PID" "$WORK/steady.rss" & RSS_SAMPLER=$!
-sleep 2
-probe & PROBE=$!
-sample_lag steady "$WORK/lag.txt" & SAMPLER=$!
-TPS_WITH=$(pgbench_run "$RUN")
-t_stop=$(now)
-kill $PROBE 2>/dev/null; wait $PROBE 2>/dev/null || true
-last_probe=$(ps -d src -c "SELECT max(id) FROM lag_probe")
-until [ "$(pd -d steady -c "SELECT coalesce(max(id), 0) FROM lag_probe")" -ge "$last_probe" ]; do sleep 0.05; done
-T_CATCHUP=$(secs "$t_stop" "$(now)")
-kill $SAMPLER 2>/dev/null; wait $SAMPLER 2>/dev/null || true
-echo "    with pgtide: $TPS_WITH tps, lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s, caught up ${T_CATCHUP}s after pgbench stopped"
-echo "==> a 2M-row transaction while streaming"
-t0=$(now)
-ps -d src -c "INSERT INTO bulk SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 2000000) g"
-until [ "$(pd -d steady -c "SELECT count(*) FROM bulk")" = 2000000 ]; do sleep 0.2; done
-T_BULK=$(secs "$t0" "$(now)")
-kill -TERM "$PGTIDE_PID"; wait "$PGTIDE_PID" || true; PGTIDE_PID=
-wait "$RSS_SAMPLER" 2>/dev/null || true
-RSS_MB=$(( $(cat "$WORK/steady.rss" 2>/dev/null || echo 0) / 1024 ))
-echo "    applied in ${T_BULK}s; pgtide peak RSS over the whole steady-state run: $RSS_MB MB"
+if [ "${SKIP_STEADY:-0}" != 1 ]; then
+    echo "==> (a) steady state, $RUN s of pgbench -c 4 -j 2"
+    TPS_ALONE=$(pgbench_run "$RUN")
+    echo "    without pgtide: $TPS_ALONE tps"
+    pd -d postgres -c "CREATE DATABASE steady"
+    task steady steady "tables: { include: [\"public.*\"] }"
+    "$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" --end-lsn "$(ps -d src -c 'SELECT pg_current_wal_insert_lsn()')" >/dev/null
+    "$PGTIDE" --progress none --quiet run "$WORK/steady.yaml" >"$WORK/steady.out" 2>&1 &
+    PGTIDE_PID=$!
+    peak_rss() { # pid outfile: the process's peak RSS (VmHWM, kB), sampled until it exits
+        while [ -r "/proc/$1/status" ]; do awk '/VmHWM/ { print $2 }' "/proc/$1/status" >"$2.tmp" 2>/dev/null && mv "$2.tmp" "$2"; sleep 0.1; done
+    }
+    peak_rss "$PGTIDE_PID" "$WORK/steady.rss" & RSS_SAMPLER=$!
+    sleep 2
+    probe & PROBE=$!
+    sample_lag steady "$WORK/lag.txt" & SAMPLER=$!
+    TPS_WITH=$(pgbench_run "$RUN")
+    t_stop=$(now)
+    kill $PROBE 2>/dev/null; wait $PROBE 2>/dev/null || true
+    last_probe=$(ps -d src -c "SELECT max(id) FROM lag_probe")
+    until [ "$(pd -d steady -c "SELECT coalesce(max(id), 0) FROM lag_probe")" -ge "$last_probe" ]; do sleep 0.05; done
+    T_CATCHUP=$(secs "$t_stop" "$(now)")
+    kill $SAMPLER 2>/dev/null; wait $SAMPLER 2>/dev/null || true
+    echo "    with pgtide: $TPS_WITH tps, lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s, caught up ${T_CATCHUP}s after pgbench stopped"
+    echo "==> a 2M-row transaction while streaming"
+    t0=$(now)
+    ps -d src -c "INSERT INTO bulk SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 2000000) g"
+    until [ "$(pd -d steady -c "SELECT count(*) FROM bulk")" = 2000000 ]; do sleep 0.2; done
+    T_BULK=$(secs "$t0" "$(now)")
+    kill -TERM "$PGTIDE_PID"; wait "$PGTIDE_PID" || true; PGTIDE_PID=
+    wait "$RSS_SAMPLER" 2>/dev/null || true
+    RSS_MB=$(( $(cat "$WORK/steady.rss" 2>/dev/null || echo 0) / 1024 ))
+    echo "    applied in ${T_BULK}s; pgtide peak RSS over the whole steady-state run: $RSS_MB MB"
+else
+    echo "==> (a) steady state skipped (SKIP_STEADY=1)"
+    TPS_ALONE=- TPS_WITH=- T_CATCHUP=- T_BULK=- RSS_MB=-
+    echo 0 >"$WORK/lag.txt"
+fi
 
 echo "==> (b) backlog drain: three consumers start at the same quiet moment"
 for db in drain_pgtide drain_native drain_pgcopydb; do pd -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"; done
@@ -147,15 +166,21 @@ BACKLOG=$(ps -d src -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$END', confirmed_
 TXNS=$(ps -d src -c "SELECT count(*) FROM pgbench_history WHERE mtime > now() - interval '$((RUN + 30)) seconds'")
 echo "    backlog: $TXNS pgbench transactions ($TPS_BACKLOG tps), $BACKLOG of WAL in each slot"
 
+# CPU is accounted per server (postmaster, live backends, reaped ones) and for pgtide's process,
+# so that a drain's time can be told apart into decoding on the source, pgtide and applying.
+mark=$(cpu_mark)
 t0=$(now)
-"$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
+/usr/bin/time -f "%U %S" -o "$WORK/drain.cpu" "$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
 T_PGTIDE=$(secs "$t0" "$(now)")
-echo "    pgtide: ${T_PGTIDE}s"
+CPU_PGTIDE="$(cpu_since "$mark"), pgtide $(awk '{ printf "%.1f", $1 + $2 }' "$WORK/drain.cpu") CPU-s"
+echo "    pgtide: ${T_PGTIDE}s ($CPU_PGTIDE)"
+mark=$(cpu_mark)
 t0=$(now)
 pd -d drain_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
 until [ "$(lsn_ge "$(ps -d src -c "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'native_sub'")" "$END")" = t ]; do sleep 0.05; done
 T_NATIVE=$(secs "$t0" "$(now)")
-echo "    native logical replication: ${T_NATIVE}s"
+CPU_NATIVE=$(cpu_since "$mark")
+echo "    native logical replication: ${T_NATIVE}s ($CPU_NATIVE)"
 T_PGCOPYDB="-"
 if [ "$PGCOPYDB_OK" = 1 ]; then
     t0=$(now)
@@ -192,7 +217,8 @@ change data capture on $(nproc) cores, pgbench scale $SCALE, $RUN s runs
     lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s (target: p99 < 1 s); caught up ${T_CATCHUP} s after pgbench stopped
     2M-row transaction applied in ${T_BULK} s; pgtide peak RSS $RSS_MB MB (target: < 256 MB)
 (b) drain of $TXNS transactions ($BACKLOG of WAL):
-    pgtide            ${T_PGTIDE} s   $(rate "$T_PGTIDE") txn/s
-    native (SUBSCRIPTION) ${T_NATIVE} s   $(rate "$T_NATIVE") txn/s   pgtide drain rate = $(ratio "$T_NATIVE" "$T_PGTIDE")x native (target >= 2)
+    pgtide            ${T_PGTIDE} s   $(rate "$T_PGTIDE") txn/s   ($CPU_PGTIDE)
+    native (SUBSCRIPTION) ${T_NATIVE} s   $(rate "$T_NATIVE") txn/s   ($CPU_NATIVE)
+    pgtide drain rate = $(ratio "$T_NATIVE" "$T_PGTIDE")x native (target >= 2)
     pgcopydb follow   ${T_PGCOPYDB} s   $(rate "$T_PGCOPYDB") txn/s
 EOF
