@@ -705,7 +705,7 @@ impl Task {
             ))
             .with_hint("use a number of milliseconds from 1 to 600000"));
         }
-        let catch_up_chunk_mb = c.catch_up_chunk_mb.unwrap_or(256);
+        let catch_up_chunk_mb = c.catch_up_chunk_mb.unwrap_or(32);
         if !(1..=65_536).contains(&catch_up_chunk_mb) {
             return Err(Error::config(format!(
                 "cdc.catch_up_chunk_mb: {catch_up_chunk_mb} is out of range"
@@ -1086,7 +1086,7 @@ mod tests {
             t.cdc.catch_up,
             Some(CatchUp {
                 from: 16 << 20,
-                chunk: 256 << 20
+                chunk: 32 << 20
             })
         );
         let t = Task::from_yaml(&format!(

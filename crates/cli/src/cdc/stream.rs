@@ -261,6 +261,7 @@ async fn stream_into<A: Applier>(
             status,
             settings,
             slot_confirmed: info.confirmed_flush.unwrap_or(Lsn::ZERO),
+            moving: None,
         };
         if let Some(stop) = catch.run(&mut applier, &mut asm, &options, start).await? {
             return Ok(stop);
@@ -403,8 +404,8 @@ async fn stream_into<A: Applier>(
     }
 }
 
-/// A background task that ends with its owner (a read-ahead nobody will apply is stopped, and
-/// its session with the slot copy closed).
+/// A background task that ends with its owner (a slot move nobody will wait for is not polled
+/// any further).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -413,26 +414,28 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// A chunk being applied: decoded on the task's slot (on the control session), or ahead on a
-/// copy of it.
-enum Chunk {
-    Slot(peek::PeekChunk, Lsn),
-    Ahead(peek::ReadAhead),
-}
+/// Bytes of decoded messages the prefetch holds at most: about a sixth of a second of applying a
+/// pgbench backlog, longer than the source takes to decode a chunk of the default size, so
+/// the applier does not wait for the next chunk's first rows.
+const PREFETCH_BUDGET: usize = 16 << 20;
 
-impl Chunk {
-    fn upto(&self) -> Lsn {
-        match self {
-            Chunk::Slot(_, upto) => *upto,
-            Chunk::Ahead(ra) => ra.upto,
-        }
+/// The next message of the chunk being applied: decoded on the task's slot (on the control
+/// session) when there is no prefetch, else from the prefetch.
+async fn next_decoded(
+    on_slot: &mut Option<(peek::PeekChunk, Lsn)>,
+    prefetch: &mut Option<peek::Prefetch>,
+) -> Result<peek::Prefetched> {
+    if let Some((chunk, upto)) = on_slot {
+        return Ok(match chunk.next().await? {
+            Some(data) => peek::Prefetched::Message(data),
+            None => peek::Prefetched::ChunkEnd(*upto),
+        });
     }
-
-    async fn next(&mut self) -> Result<Option<bytes::Bytes>> {
-        match self {
-            Chunk::Slot(c, _) => c.next().await,
-            Chunk::Ahead(ra) => ra.next().await,
-        }
+    match prefetch {
+        Some(p) => p.next().await,
+        None => Err(Error::internal(
+            "a chunk is applied with nothing decoding it",
+        )),
     }
 }
 
@@ -446,15 +449,18 @@ struct CatchUpRun<'a> {
     settings: pgtide_core::task::CatchUp,
     /// The slot's confirmed position as last set (it cannot be moved backwards).
     slot_confirmed: Lsn,
+    /// A move of the slot running in the background, ending with the position it set.
+    moving: Option<AbortOnDrop<Result<Lsn>>>,
 }
 
 impl CatchUpRun<'_> {
-    /// Apply chunk after chunk while the backlog is at least `settings.from`, decoding the
-    /// next chunk on a copy of the slot while one is applied. Returns the stop when
+    /// Apply chunk after chunk while the backlog is at least `settings.from`, the chunks
+    /// decoded ahead on a copy of the slot ([`peek::Prefetch`]). Returns the stop when
     /// `--end-lsn` or a stop request ended the run during the catch-up; `None` when the rest is
     /// to be streamed. At a chunk boundary the chunk's last batch may still be in flight (it
     /// carries the chunk's end as its confirmed position); the slot is only ever moved to
-    /// what is durable, and every way out commits and moves it first.
+    /// what is durable (in the background while chunks are applied), and every way out
+    /// commits and moves it first.
     async fn run<A: Applier>(
         &mut self,
         applier: &mut A,
@@ -463,12 +469,14 @@ impl CatchUpRun<'_> {
         start: Lsn,
     ) -> Result<Option<Stop>> {
         let session_options = replication_session_options(&self.setup.target);
-        let control = pgtide_postgres::connect::connect_with_options(
-            &self.task.source.url,
-            Side::Source,
-            &session_options,
-        )
-        .await?;
+        let control = Arc::new(
+            pgtide_postgres::connect::connect_with_options(
+                &self.task.source.url,
+                Side::Source,
+                &session_options,
+            )
+            .await?,
+        );
         let slot = self.setup.slot.clone();
         // Every transaction committed before `position` has been handed to the applier (it is
         // durable, in flight, or in the open batch) or was confirmed before. The slot itself
@@ -476,115 +484,100 @@ impl CatchUpRun<'_> {
         // the batch in flight.
         let mut position = start.max(applier.confirmable());
         let mut announced = false;
-        // Chunks start small so that reading ahead starts early, and double up to the setting.
-        let mut size = (self.settings.chunk / 8).max(1);
-        let mut ahead: Option<AbortOnDrop<Result<peek::ReadAhead>>> = None;
+        // Chunks start small so that applying starts early, and double up to the setting.
+        let first_chunk = (self.settings.chunk / 8).max(64 << 10);
+        let mut size = first_chunk;
+        let mut prefetch: Option<peek::Prefetch> = None;
         let mut read_ahead_ok = true;
         let mut first = true;
         loop {
             if self.shutdown.is_triggered() {
-                drop(ahead.take());
+                drop(prefetch.take());
                 return self.finish(applier, &control, Stop::Signal).await;
             }
-            // The chunk decoded ahead, if it starts where the target is.
-            let mut current = None;
-            if let Some(mut handle) = ahead.take() {
-                match (&mut handle.0).await {
-                    Ok(Ok(ra)) if ra.from <= position => current = Some(Chunk::Ahead(ra)),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) if e.is_retryable() => return Err(e),
-                    Ok(Err(e)) => {
-                        tracing::warn!(
-                            "catching up without decoding ahead (one chunk at a time): {}",
-                            e.report()
-                        );
-                        read_ahead_ok = false;
-                    }
-                    Err(e) => return Err(Error::internal(format!("decoding ahead failed: {e}"))),
-                }
-            }
-            // The flush position, not the insert position: decoding reads only flushed WAL,
-            // and a chunk must end where decoding can reach. Read while the control session
-            // is free (it carries the rows of a chunk decoded on the slot itself).
-            let head = peek::server_position(&control).await?;
-            self.status.server_at(head);
-            let limit = match self.setup.end_lsn {
-                Some(end) => end.min(head),
-                None => head,
-            };
-            let mut current = match current {
-                Some(c) => c,
-                None => {
-                    // Streaming and decoding on the slot itself start at the slot's position:
-                    // what was handed off must be durable and the slot moved to it first.
-                    applier.commit_batch().await?;
-                    applier.record_confirmed(position).await?;
-                    if limit <= position || limit.0 - position.0 < self.settings.from {
-                        self.move_slot(&control, applier.confirmable()).await?;
-                        return Ok(None);
-                    }
-                    if !announced {
-                        announced = true;
-                        self.status.set_phase("catching up");
-                        tracing::info!(slot, from = %position, backlog_bytes = head.0.saturating_sub(position.0), "catching up through the SQL decoding interface");
-                    }
-                    // The slot may trail the target's checkpoint (a run stopped between its
-                    // commit and its confirmation): move it first, so the chunk does not
-                    // re-send applied work.
+            // Without a prefetch running (at the start, after one found too little backlog
+            // left, or when the slot cannot be copied) the next chunk is decided here.
+            let mut on_slot = None;
+            if prefetch.is_none() {
+                // Decoding on the slot itself and streaming start at the slot's position: what
+                // was handed off must be durable and the slot moved to it first.
+                applier.commit_batch().await?;
+                applier.record_confirmed(position).await?;
+                // The flush position, not the insert position: decoding reads only flushed
+                // WAL, and a chunk must end where decoding can reach.
+                let head = peek::server_position(&control).await?;
+                self.status.server_at(head);
+                let limit = match self.setup.end_lsn {
+                    Some(end) => end.min(head),
+                    None => head,
+                };
+                if limit <= position || limit.0 - position.0 < self.settings.from {
                     self.move_slot(&control, applier.confirmable()).await?;
-                    let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
-                    tracing::debug!(slot, from = %position, upto = %upto, "decoding a chunk");
-                    let chunk =
-                        match peek::PeekChunk::start(&control, &slot, upto, options, 4096).await {
-                            Ok(chunk) => chunk,
-                            // The SQL interface may be refused where the replication protocol
-                            // is not (a function's privileges, a managed service): stream.
-                            Err(e) if !e.is_retryable() && first => {
-                                tracing::warn!("catching up by streaming instead: {}", e.report());
-                                return Ok(None);
-                            }
-                            Err(e) => return Err(e),
-                        };
-                    Chunk::Slot(chunk, upto)
+                    return Ok(None);
                 }
-            };
-            first = false;
-            let upto = current.upto();
-            size = (size.saturating_mul(2)).min(self.settings.chunk);
-            // Decode the next chunk meanwhile, on a copy of the slot.
-            if read_ahead_ok && limit > upto && limit.0 - upto.0 >= self.settings.from {
-                let next_upto = Lsn(limit.0.min(upto.0.saturating_add(size)));
-                let url = self.task.source.url.clone();
-                let owned: Vec<(String, String)> = options
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
-                let (slot, session_options) = (slot.clone(), session_options.clone());
-                tracing::debug!(slot, from = %upto, upto = %next_upto, "decoding the next chunk ahead");
-                ahead = Some(AbortOnDrop(tokio::spawn(async move {
-                    let session = pgtide_postgres::connect::connect_with_options(
-                        &url,
-                        Side::Source,
-                        &session_options,
-                    )
-                    .await?;
-                    let opts: Vec<(&str, String)> =
-                        owned.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-                    peek::ReadAhead::start(session, &slot, upto, next_upto, &opts, 4096).await
-                })));
+                if !announced {
+                    announced = true;
+                    self.status.set_phase("catching up");
+                    tracing::info!(slot, from = %position, backlog_bytes = head.0.saturating_sub(position.0), "catching up through the SQL decoding interface");
+                }
+                // The slot may trail the target's checkpoint (a run stopped between its
+                // commit and its confirmation): move it first, so no chunk re-sends applied
+                // work.
+                self.move_slot(&control, applier.confirmable()).await?;
+                if read_ahead_ok {
+                    let plan = peek::PrefetchPlan {
+                        end: self.setup.end_lsn,
+                        min_backlog: self.settings.from,
+                        first_chunk,
+                        max_chunk: self.settings.chunk,
+                        budget: PREFETCH_BUDGET,
+                    };
+                    match self.start_prefetch(position, plan, options).await {
+                        Ok(p) => prefetch = Some(p),
+                        Err(e) if e.is_retryable() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(
+                                "catching up without decoding ahead (one chunk at a time): {}",
+                                e.report()
+                            );
+                            read_ahead_ok = false;
+                        }
+                    }
+                }
+                if prefetch.is_none() {
+                    let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
+                    size = size.saturating_mul(2).min(self.settings.chunk);
+                    tracing::debug!(slot, from = %position, upto = %upto, "decoding a chunk");
+                    match peek::PeekChunk::start(&control, &slot, upto, options, 4096).await {
+                        Ok(chunk) => on_slot = Some((chunk, upto)),
+                        // The SQL interface may be refused where the replication protocol is
+                        // not (a function's privileges, a managed service): stream.
+                        Err(e) if !e.is_retryable() && first => {
+                            tracing::warn!("catching up by streaming instead: {}", e.report());
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
+            first = false;
+            // Apply one chunk.
             let mut stopping = false;
-            loop {
-                let data = tokio::select! {
+            let upto = loop {
+                let next = tokio::select! {
                     biased;
                     _ = self.shutdown.wait(), if !stopping => {
                         stopping = true;
                         self.status.set_phase("stopping");
                         continue;
                     }
-                    m = current.next() => m?,
+                    m = next_decoded(&mut on_slot, &mut prefetch) => m?,
                 };
-                let Some(data) = data else { break };
+                let data = match next {
+                    peek::Prefetched::Message(data) => data,
+                    peek::Prefetched::ChunkEnd(upto) => break Some(upto),
+                    peek::Prefetched::Done(_) => break None,
+                };
                 if !asm.in_transaction() {
                     let end = self
                         .setup
@@ -592,8 +585,8 @@ impl CatchUpRun<'_> {
                         .filter(|&end| commit_position(&data).is_some_and(|c| c >= end));
                     if end.is_some() || stopping {
                         // The control session must be free of the chunk's rows first.
-                        drop(current);
-                        drop(ahead.take());
+                        drop(on_slot);
+                        drop(prefetch.take());
                         let stop = end.map(Stop::EndLsn).unwrap_or(Stop::Signal);
                         return self.finish(applier, &control, stop).await;
                     }
@@ -603,8 +596,17 @@ impl CatchUpRun<'_> {
                     applier.hand_off_batch().await?;
                     self.publish(applier, false);
                 }
-            }
-            drop(current);
+            };
+            drop(on_slot);
+            let Some(upto) = upto else {
+                // Too little backlog was left to decode ahead: streaming takes over, or a new
+                // prefetch if the backlog has grown meanwhile.
+                prefetch = None;
+                if stopping {
+                    return self.finish(applier, &control, Stop::Signal).await;
+                }
+                continue;
+            };
             if asm.in_transaction() {
                 return Err(Error::internal(format!(
                     "decoding replication slot {slot} up to {upto} ended inside a transaction"
@@ -620,16 +622,36 @@ impl CatchUpRun<'_> {
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = upto;
             if self.setup.end_lsn == Some(upto) {
+                drop(prefetch.take());
                 return self.finish(applier, &control, Stop::EndLsn(upto)).await;
             }
             if stopping {
+                drop(prefetch.take());
                 return self.finish(applier, &control, Stop::Signal).await;
             }
-            // Only what is durable: the batch just handed off moves the slot at the next
-            // boundary.
-            self.move_slot(&control, applier.confirmable()).await?;
+            // Only what is durable (the batch just handed off moves the slot at a later
+            // boundary), and in the background: moving a slot decodes the WAL it passes over
+            // (fast-forward), time in which the next chunk is applied meanwhile.
+            self.move_slot_in_background(&control, applier.confirmable())
+                .await?;
             self.publish(applier, false);
         }
+    }
+
+    /// A new session on the source with a prefetch from `from` on a copy of the slot.
+    async fn start_prefetch(
+        &self,
+        from: Lsn,
+        plan: peek::PrefetchPlan,
+        options: &[(&str, String)],
+    ) -> Result<peek::Prefetch> {
+        let session = pgtide_postgres::connect::connect_with_options(
+            &self.task.source.url,
+            Side::Source,
+            &replication_session_options(&self.setup.target),
+        )
+        .await?;
+        peek::Prefetch::start(session, &self.setup.slot, from, plan, options).await
     }
 
     /// Leave the catch-up with `stop`: commit what was handed to the applier, move the slot to
@@ -637,7 +659,7 @@ impl CatchUpRun<'_> {
     async fn finish<A: Applier>(
         &mut self,
         applier: &mut A,
-        control: &tokio_postgres::Client,
+        control: &Arc<tokio_postgres::Client>,
         stop: Stop,
     ) -> Result<Option<Stop>> {
         applier.commit_batch().await?;
@@ -646,11 +668,41 @@ impl CatchUpRun<'_> {
         Ok(Some(stop))
     }
 
-    /// Move the slot to `to` when that is ahead of it (only positions durable on the target).
-    async fn move_slot(&mut self, client: &tokio_postgres::Client, to: Lsn) -> Result<()> {
+    /// Move the slot to `to` when that is ahead of it (only positions durable on the target),
+    /// after the move in the background, if any, has ended.
+    async fn move_slot(&mut self, client: &Arc<tokio_postgres::Client>, to: Lsn) -> Result<()> {
+        if let Some(mut moving) = self.moving.take() {
+            self.slot_confirmed = (&mut moving.0)
+                .await
+                .map_err(|e| Error::internal(format!("moving the slot failed: {e}")))??;
+        }
         if to > self.slot_confirmed {
             peek::advance_slot(client, &self.setup.slot, to).await?;
             self.slot_confirmed = to;
+        }
+        Ok(())
+    }
+
+    /// Start moving the slot to `to` in the background, unless the previous move is still
+    /// running (the slot then moves further at a later boundary).
+    async fn move_slot_in_background(
+        &mut self,
+        client: &Arc<tokio_postgres::Client>,
+        to: Lsn,
+    ) -> Result<()> {
+        if self.moving.as_ref().is_some_and(|m| !m.0.is_finished()) {
+            return Ok(());
+        }
+        if let Some(mut moving) = self.moving.take() {
+            self.slot_confirmed = (&mut moving.0)
+                .await
+                .map_err(|e| Error::internal(format!("moving the slot failed: {e}")))??;
+        }
+        if to > self.slot_confirmed {
+            let (client, slot) = (client.clone(), self.setup.slot.clone());
+            self.moving = Some(AbortOnDrop(tokio::spawn(async move {
+                peek::advance_slot(&client, &slot, to).await.map(|()| to)
+            })));
         }
         Ok(())
     }

@@ -27,20 +27,36 @@
 //!   sent), and a slot held by a walsender makes the function fail with `55006`, which is
 //!   retried like a busy slot at `START_REPLICATION`.
 //!
-//! # Decoding the next chunk while this one is applied
+//! # Decoding ahead of the applier
 //!
 //! The function returns nothing before it has decoded its whole chunk, and the slot cannot
 //! move past what the target has made durable, so chunk after chunk on the task's slot would
 //! leave the target idle while the source decodes and the source idle while the target
-//! applies. [`ReadAhead`] decodes the next chunk meanwhile on a *copy* of the slot
+//! applies. [`Prefetch`] decodes ahead instead, on a *copy* of the slot
 //! (`pg_copy_logical_replication_slot`, PostgreSQL 12+): a temporary slot owned by a session
-//! of its own, moved (`pg_replication_slot_advance`, a cheap fast-forward decode) to the start
-//! of that chunk and peeked there. The copy may run ahead of the target because nothing ever
-//! resumes from it: it disappears with its session (also when pgtide dies), and the task's own
-//! slot still moves only to durable positions.
+//! of its own, consumed chunk after chunk with `pg_logical_slot_get_binary_changes`. `get`
+//! moves the copy to the end of what it decoded, so the next chunk starts there and no WAL is
+//! decoded twice (an earlier design peeked a fresh copy per chunk, moved to the chunk's start
+//! by a fast-forward decode from the task's slot: that re-read up to two chunks of WAL per
+//! chunk, and the next chunk's decoding only started when the previous one was being
+//! applied). The copy may run ahead of the target because nothing ever resumes from it: it
+//! disappears with its session (also when pgtide dies), and the task's own slot still moves
+//! only to durable positions.
+//!
+//! Where a `get` stops is the same as for `peek`: after the WAL record that reaches `upto`,
+//! leaving the copy confirmed at that record's end; the next `get` skips every transaction
+//! whose commit record starts before it. So chunk `k` holds exactly the transactions whose
+//! commit record starts in `[upto(k-1), upto(k))`, as with peeked chunks.
+//!
+//! Chunks start small (the applier starts after the first one is decoded) and double up to
+//! `cdc.catch_up_chunk_mb`. The prefetch holds a bounded number of bytes of decoded messages;
+//! when that is full the server waits to send the rest, which bounds pgtide's memory and keeps
+//! the source from decoding arbitrarily far ahead. The bound is larger than what the source
+//! decodes per chunk of the default size takes to apply, so the applier does not wait for a
+//! chunk's first rows (a chunk's rows come only after the whole chunk is decoded).
 //!
 //! Large transactions are spilled to disk by the server's reorder buffer and its tuple store,
-//! not held in memory, and the rows come through a bounded channel, so pgtide's memory stays
+//! not held in memory, and the rows come through a bounded buffer, so pgtide's memory stays
 //! bounded too.
 
 use crate::connect::classify;
@@ -49,7 +65,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, Result};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_postgres::Client;
 
 /// The peek statement. The slot name, end position and plugin options are parameters.
@@ -149,28 +166,66 @@ pub async fn server_position(client: &Client) -> Result<Lsn> {
     text.parse().map_err(Error::internal)
 }
 
-/// A chunk decoded ahead on a temporary copy of the slot (see the module documentation). Its
-/// session, and with it the copy, ends when this is dropped.
-pub struct ReadAhead {
-    /// Where the chunk starts: transactions committing before it are not in it.
-    pub from: Lsn,
-    /// Where decoding stops.
-    pub upto: Lsn,
-    chunk: PeekChunk,
-    _session: Client,
+/// What the [`Prefetch`] hands over next.
+#[derive(Debug)]
+pub enum Prefetched {
+    /// A pgoutput message of the current chunk.
+    Message(Bytes),
+    /// The current chunk is complete: every transaction whose commit record starts before
+    /// this position was in it or in an earlier one.
+    ChunkEnd(Lsn),
+    /// No further chunk: the backlog left (from this position on) is below the catch-up
+    /// threshold, or the end position was reached.
+    Done(Lsn),
 }
 
-impl ReadAhead {
-    /// Copy `slot` into a temporary slot on the new session `session`, move the copy to
-    /// `from`, and start decoding up to `upto`.
+/// When the [`Prefetch`] stops and how big its chunks are.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefetchPlan {
+    /// Decode no further than this (the run's end LSN), if set.
+    pub end: Option<Lsn>,
+    /// Stop when less than this much WAL is left to decode (streaming takes over).
+    pub min_backlog: u64,
+    /// The first chunk's size (small, so that applying starts early).
+    pub first_chunk: u64,
+    /// The largest chunk (chunks double up to it).
+    pub max_chunk: u64,
+    /// Bytes of decoded messages held in pgtide at most.
+    pub budget: usize,
+}
+
+enum Item {
+    Message(Bytes, #[allow(dead_code)] OwnedSemaphorePermit),
+    ChunkEnd(Lsn),
+    Done(Lsn),
+}
+
+/// Chunks decoded one after the other, ahead of the applier, on a temporary copy of the slot
+/// (see the module documentation). The copy is consumed with
+/// `pg_logical_slot_get_binary_changes`, so each chunk starts where the previous one ended
+/// without decoding anything twice; the session and the copy end when this is dropped.
+pub struct Prefetch {
+    rx: mpsc::UnboundedReceiver<Result<Item>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Prefetch {
+    /// Copy `slot` into a temporary slot on the new session `session`, move the copy to `from`
+    /// (where the applier is), and decode chunk after chunk from there in the background.
+    /// Errors here (the copy refused) leave the caller to decode on the slot itself.
     pub async fn start(
         session: Client,
         slot: &str,
         from: Lsn,
-        upto: Lsn,
+        plan: PrefetchPlan,
         options: &[(&str, String)],
-        read_ahead: usize,
-    ) -> Result<ReadAhead> {
+    ) -> Result<Prefetch> {
         let pid: i32 = session
             .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
             .await
@@ -190,18 +245,104 @@ impl ReadAhead {
                     &format!("copying replication slot {slot} to decode ahead"),
                 ))
             })?;
-        advance_slot(&session, &copy, from).await?;
-        let chunk = PeekChunk::start(&session, &copy, upto, options, read_ahead).await?;
-        Ok(ReadAhead {
-            from,
-            upto,
-            chunk,
-            _session: session,
-        })
+        // The copy starts at the slot's confirmed position, which may trail `from` (the
+        // slot is moved in the background); the server refuses to move a slot backwards.
+        let from_text = from.to_string();
+        session
+            .execute(
+                "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, GREATEST($2::text::pg_lsn, s.confirmed_flush_lsn)) \
+                 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1::text::name",
+                &[&copy, &from_text],
+            )
+            .await
+            .map_err(|e| {
+                busy_is_transient(classify(
+                    e,
+                    &format!("moving the read-ahead copy of replication slot {slot} to {from}"),
+                ))
+            })?;
+        let flat: Vec<String> = options
+            .iter()
+            .flat_map(|(k, v)| [k.to_string(), v.clone()])
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(plan.budget.max(1)));
+        let task = tokio::spawn(async move {
+            if let Err(e) = prefetch(&session, &copy, from, plan, &flat, &budget, &tx).await {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Ok(Prefetch { rx, task })
     }
 
-    /// The next message, `None` at the end of the chunk.
-    pub async fn next(&mut self) -> Result<Option<Bytes>> {
-        self.chunk.next().await
+    /// The next message, chunk end or end of the prefetch.
+    pub async fn next(&mut self) -> Result<Prefetched> {
+        match self.rx.recv().await {
+            // The permit goes with the item: the budget is free again once the message is
+            // the applier's.
+            Some(Ok(Item::Message(data, _permit))) => Ok(Prefetched::Message(data)),
+            Some(Ok(Item::ChunkEnd(at))) => Ok(Prefetched::ChunkEnd(at)),
+            Some(Ok(Item::Done(at))) => Ok(Prefetched::Done(at)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::internal(
+                "the read-ahead of the slot ended unexpectedly",
+            )),
+        }
+    }
+}
+
+/// The prefetch loop: one chunk at a time on the copy, as long as enough backlog is left.
+/// `get` (not `peek`) moves the copy to the end of each chunk, so the next one starts there.
+async fn prefetch(
+    session: &Client,
+    copy: &str,
+    from: Lsn,
+    plan: PrefetchPlan,
+    options: &[String],
+    budget: &Arc<Semaphore>,
+    tx: &mpsc::UnboundedSender<Result<Item>>,
+) -> Result<()> {
+    const GET: &str = "SELECT data FROM pg_catalog.pg_logical_slot_get_binary_changes($1::text::name, $2::text::pg_lsn, NULL, VARIADIC $3::text[])";
+    let mut position = from;
+    let mut size = plan.first_chunk.max(1);
+    loop {
+        let head = server_position(session).await?;
+        let limit = plan.end.map_or(head, |e| e.min(head));
+        if limit <= position || limit.0 - position.0 < plan.min_backlog {
+            let _ = tx.send(Ok(Item::Done(position)));
+            return Ok(());
+        }
+        let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
+        tracing::debug!(slot = copy, from = %position, upto = %upto, "decoding a chunk ahead");
+        let what = format!("decoding up to {upto} ahead on the source");
+        let upto_text = upto.to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&copy, &upto_text, &options];
+        let rows = session
+            .query_raw(GET, params)
+            .await
+            .map_err(|e| busy_is_transient(classify(e, &what)))?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(|e| busy_is_transient(classify(e, &what)))?;
+            let data = row
+                .try_get::<_, &[u8]>(0)
+                .map(Bytes::copy_from_slice)
+                .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))?;
+            // A message larger than the whole budget takes all of it.
+            let want = data.len().clamp(1, plan.budget.max(1)) as u32;
+            let permit = budget
+                .clone()
+                .acquire_many_owned(want)
+                .await
+                .map_err(|_| Error::internal("the read-ahead budget was closed"))?;
+            if tx.send(Ok(Item::Message(data, permit))).is_err() {
+                return Ok(());
+            }
+        }
+        if tx.send(Ok(Item::ChunkEnd(upto))).is_err() {
+            return Ok(());
+        }
+        position = upto;
+        size = size.saturating_mul(2).min(plan.max_chunk.max(1));
     }
 }
