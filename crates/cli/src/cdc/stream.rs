@@ -404,8 +404,8 @@ async fn stream_into<A: Applier>(
     }
 }
 
-/// A background task that ends with its owner (a slot move nobody will wait for is not polled
-/// any further).
+/// A background task that is no longer polled once its owner is gone. (The server still
+/// finishes a statement it started: see [`CatchUpRun::run`] for slot moves.)
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -414,9 +414,8 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Bytes of decoded messages the prefetch holds at most: about a sixth of a second of applying a
-/// pgbench backlog, longer than the source takes to decode a chunk of the default size, so
-/// the applier does not wait for the next chunk's first rows.
+/// Bytes of decoded messages the prefetch holds at most (about a sixth of a second of applying
+/// a pgbench backlog); see `peek`'s module documentation for what it overlaps.
 const PREFETCH_BUDGET: usize = 16 << 20;
 
 /// The next message of the chunk being applied: decoded on the task's slot (on the control
@@ -462,6 +461,26 @@ impl CatchUpRun<'_> {
     /// what is durable (in the background while chunks are applied), and every way out
     /// commits and moves it first.
     async fn run<A: Applier>(
+        &mut self,
+        applier: &mut A,
+        asm: &mut Assembler,
+        options: &[(&str, String)],
+        start: Lsn,
+    ) -> Result<Option<Stop>> {
+        let result = self.run_chunks(applier, asm, options, start).await;
+        if result.is_err()
+            && let Some(moving) = self.moving.take()
+        {
+            // A slot move still running on the server would hold the slot when the retry
+            // starts streaming from it (the retry would see it busy and back off); it only goes
+            // to a durable position, so wait for it (a minute at most), whatever its outcome.
+            let mut moving = moving;
+            let _ = tokio::time::timeout(Duration::from_secs(60), &mut moving.0).await;
+        }
+        result
+    }
+
+    async fn run_chunks<A: Applier>(
         &mut self,
         applier: &mut A,
         asm: &mut Assembler,
@@ -621,6 +640,9 @@ impl CatchUpRun<'_> {
             applier.hand_off_batch_through(upto).await?;
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = upto;
+            if let Some(p) = &prefetch {
+                self.status.server_at(p.server_at());
+            }
             if self.setup.end_lsn == Some(upto) {
                 drop(prefetch.take());
                 return self.finish(applier, &control, Stop::EndLsn(upto)).await;

@@ -51,9 +51,12 @@
 //! Chunks start small (the applier starts after the first one is decoded) and double up to
 //! `cdc.catch_up_chunk_mb`. The prefetch holds a bounded number of bytes of decoded messages;
 //! when that is full the server waits to send the rest, which bounds pgtide's memory and keeps
-//! the source from decoding arbitrarily far ahead. The bound is larger than what the source
-//! decodes per chunk of the default size takes to apply, so the applier does not wait for a
-//! chunk's first rows (a chunk's rows come only after the whole chunk is decoded).
+//! the source from decoding arbitrarily far ahead. The overlap is partial: the next `get`
+//! starts once the current chunk's rows are all in pgtide's buffer, and its rows come only
+//! after its whole chunk is decoded, so the applier waits whenever decoding a chunk takes
+//! longer than applying what the buffer holds. Smaller chunks shorten that wait but make each
+//! `get` re-read more: decoding restarts at the copy's `restart_lsn`, which only moves to
+//! `xl_running_xacts` records (every 15 s on an idle-free primary).
 //!
 //! Large transactions are spilled to disk by the server's reorder buffer and its tuple store,
 //! not held in memory, and the rows come through a bounded buffer, so pgtide's memory stays
@@ -66,6 +69,7 @@ use futures::StreamExt;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, Result};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_postgres::Client;
 
@@ -207,6 +211,8 @@ enum Item {
 pub struct Prefetch {
     rx: mpsc::UnboundedReceiver<Result<Item>>,
     task: tokio::task::JoinHandle<()>,
+    /// The source's flush position as the prefetch last read it (for the status).
+    head: Arc<AtomicU64>,
 }
 
 impl Drop for Prefetch {
@@ -245,8 +251,8 @@ impl Prefetch {
                     &format!("copying replication slot {slot} to decode ahead"),
                 ))
             })?;
-        // The copy starts at the slot's confirmed position, which may trail `from` (the
-        // slot is moved in the background); the server refuses to move a slot backwards.
+        // The copy starts at the slot's confirmed position, which trails `from` when the
+        // target's durable position does; the server refuses to move a slot backwards.
         let from_text = from.to_string();
         session
             .execute(
@@ -267,12 +273,20 @@ impl Prefetch {
             .collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(plan.budget.max(1)));
+        let head = Arc::new(AtomicU64::new(from.0));
+        let seen = head.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = prefetch(&session, &copy, from, plan, &flat, &budget, &tx).await {
+            if let Err(e) = prefetch(&session, &copy, from, plan, &flat, &budget, &seen, &tx).await
+            {
                 let _ = tx.send(Err(e));
             }
         });
-        Ok(Prefetch { rx, task })
+        Ok(Prefetch { rx, task, head })
+    }
+
+    /// The source's flush position as last read before a chunk.
+    pub fn server_at(&self) -> Lsn {
+        Lsn(self.head.load(Ordering::Relaxed))
     }
 
     /// The next message, chunk end or end of the prefetch.
@@ -293,6 +307,7 @@ impl Prefetch {
 
 /// The prefetch loop: one chunk at a time on the copy, as long as enough backlog is left.
 /// `get` (not `peek`) moves the copy to the end of each chunk, so the next one starts there.
+#[allow(clippy::too_many_arguments)]
 async fn prefetch(
     session: &Client,
     copy: &str,
@@ -300,6 +315,7 @@ async fn prefetch(
     plan: PrefetchPlan,
     options: &[String],
     budget: &Arc<Semaphore>,
+    seen: &AtomicU64,
     tx: &mpsc::UnboundedSender<Result<Item>>,
 ) -> Result<()> {
     const GET: &str = "SELECT data FROM pg_catalog.pg_logical_slot_get_binary_changes($1::text::name, $2::text::pg_lsn, NULL, VARIADIC $3::text[])";
@@ -307,6 +323,7 @@ async fn prefetch(
     let mut size = plan.first_chunk.max(1);
     loop {
         let head = server_position(session).await?;
+        seen.store(head.0, Ordering::Relaxed);
         let limit = plan.end.map_or(head, |e| e.min(head));
         if limit <= position || limit.0 - position.0 < plan.min_backlog {
             let _ = tx.send(Ok(Item::Done(position)));
