@@ -693,14 +693,20 @@ impl CatchUpRun<'_> {
     /// Move the slot to `to` when that is ahead of it (only positions durable on the target),
     /// after the move in the background, if any, has ended.
     async fn move_slot(&mut self, client: &Arc<tokio_postgres::Client>, to: Lsn) -> Result<()> {
+        self.settle_move().await?;
+        if to > self.slot_confirmed {
+            peek::advance_slot(client, &self.setup.slot, to).await?;
+            self.slot_confirmed = to;
+        }
+        Ok(())
+    }
+
+    /// Wait for the move in the background, if any, and take the position it set.
+    async fn settle_move(&mut self) -> Result<()> {
         if let Some(mut moving) = self.moving.take() {
             self.slot_confirmed = (&mut moving.0)
                 .await
                 .map_err(|e| Error::internal(format!("moving the slot failed: {e}")))??;
-        }
-        if to > self.slot_confirmed {
-            peek::advance_slot(client, &self.setup.slot, to).await?;
-            self.slot_confirmed = to;
         }
         Ok(())
     }
@@ -715,11 +721,7 @@ impl CatchUpRun<'_> {
         if self.moving.as_ref().is_some_and(|m| !m.0.is_finished()) {
             return Ok(());
         }
-        if let Some(mut moving) = self.moving.take() {
-            self.slot_confirmed = (&mut moving.0)
-                .await
-                .map_err(|e| Error::internal(format!("moving the slot failed: {e}")))??;
-        }
+        self.settle_move().await?;
         if to > self.slot_confirmed {
             let (client, slot) = (client.clone(), self.setup.slot.clone());
             self.moving = Some(AbortOnDrop(tokio::spawn(async move {

@@ -115,13 +115,7 @@ impl PeekChunk {
         let reader = tokio::spawn(async move {
             let mut rows = std::pin::pin!(rows);
             while let Some(row) = rows.next().await {
-                let item = row
-                    .map_err(|e| busy_is_transient(classify(e, &what)))
-                    .and_then(|r| {
-                        r.try_get::<_, &[u8]>(0)
-                            .map(Bytes::copy_from_slice)
-                            .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))
-                    });
+                let item = message(row, &what);
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     return;
@@ -135,6 +129,19 @@ impl PeekChunk {
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         self.rx.recv().await.transpose()
     }
+}
+
+/// One decoded message from a row of the decoding functions (`data bytea`).
+fn message(
+    row: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
+    what: &str,
+) -> Result<Bytes> {
+    row.map_err(|e| busy_is_transient(classify(e, what)))
+        .and_then(|r| {
+            r.try_get::<_, &[u8]>(0)
+                .map(Bytes::copy_from_slice)
+                .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))
+        })
 }
 
 /// Move the slot's confirmed position to `to` (never backwards: the server ignores a position
@@ -340,11 +347,7 @@ async fn prefetch(
             .map_err(|e| busy_is_transient(classify(e, &what)))?;
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = rows.next().await {
-            let row = row.map_err(|e| busy_is_transient(classify(e, &what)))?;
-            let data = row
-                .try_get::<_, &[u8]>(0)
-                .map(Bytes::copy_from_slice)
-                .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))?;
+            let data = message(row, &what)?;
             // A message larger than the whole budget takes all of it.
             let want = data.len().clamp(1, plan.budget.max(1)) as u32;
             let permit = budget
