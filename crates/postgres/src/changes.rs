@@ -356,8 +356,21 @@ impl Assembler {
                     Some(route) => route_relation(relation, route),
                     None => (relation, None),
                 };
+                // The projection always follows the message (the source's columns may have
+                // changed where the route's output did not). The same routed shape keeps its
+                // `RelationRef`, so the applier keeps the table's state and its buffered
+                // changes: every decoding session (each catch-up chunk, each reconnect) sends
+                // a table's Relation again before its first change, and a new `RelationRef`
+                // makes the applier flush the table and resolve it against the target,
+                // waiting for the batch in flight.
                 self.projections.insert(relation.oid, projection);
-                self.relations.insert(relation.oid, Arc::new(relation));
+                if !self
+                    .relations
+                    .get(&relation.oid)
+                    .is_some_and(|known| **known == relation)
+                {
+                    self.relations.insert(relation.oid, Arc::new(relation));
+                }
                 Ok(())
             }
             Message::Type { .. } | Message::Origin { .. } => Ok(()),

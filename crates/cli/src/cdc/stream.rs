@@ -414,9 +414,11 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Bytes of decoded messages the prefetch holds at most (about a sixth of a second of applying
-/// a pgbench backlog); see `peek`'s module documentation for what it overlaps.
-const PREFETCH_BUDGET: usize = 16 << 20;
+/// Bytes of decoded messages the prefetch holds at most: room for what a whole chunk of the
+/// default size decodes into on a pgbench backlog, so that the next chunk's `get` starts while
+/// this one is applied (with 16 MB the applier waited ~0.2 s per chunk for decoding). See
+/// `peek`'s module documentation for what it overlaps.
+const PREFETCH_BUDGET: usize = 64 << 20;
 
 /// The next message of the chunk being applied: decoded on the task's slot (on the control
 /// session) when there is no prefetch, else from the prefetch.
@@ -456,10 +458,10 @@ impl CatchUpRun<'_> {
     /// Apply chunk after chunk while the backlog is at least `settings.from`, the chunks
     /// decoded ahead on a copy of the slot ([`peek::Prefetch`]). Returns the stop when
     /// `--end-lsn` or a stop request ended the run during the catch-up; `None` when the rest is
-    /// to be streamed. At a chunk boundary the chunk's last batch may still be in flight (it
-    /// carries the chunk's end as its confirmed position); the slot is only ever moved to
-    /// what is durable (in the background while chunks are applied), and every way out
-    /// commits and moves it first.
+    /// to be streamed. A chunk boundary does not end the batch: the open batch carries the
+    /// chunk's end as its confirmed position and the next chunk's transactions join it; the
+    /// slot is only ever moved to what is durable (in the background while chunks are
+    /// applied), and every way out commits and moves it first.
     async fn run<A: Applier>(
         &mut self,
         applier: &mut A,
@@ -634,10 +636,10 @@ impl CatchUpRun<'_> {
             // Every transaction whose commit record starts before `upto` was in this chunk or
             // an earlier one, so the position is recorded even when none of them was
             // published (an all-filtered chunk would otherwise be decoded again and again).
-            // The batch goes in flight with the position and the next chunk starts at once:
-            // waiting here for the target left both the target and pgtide idle at every
-            // chunk boundary.
-            applier.hand_off_batch_through(upto).await?;
+            // The position rides with the open batch, which the next chunk goes on filling:
+            // committing at every chunk boundary (or waiting for the target there) left the
+            // target idle while the next full batch was built.
+            applier.mark_through(upto).await?;
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = upto;
             if let Some(p) = &prefetch {

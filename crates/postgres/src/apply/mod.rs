@@ -33,8 +33,10 @@
 //! The last applied source transaction (commit LSN, end LSN, time) is written into
 //! `pgtide.cdc_progress` in the same target transaction as the changes, with per-table counts.
 //! A transaction whose commit LSN is at or below the stored one is skipped whole on restart;
-//! changes are never skipped one by one by their own LSN. The session commits synchronously:
-//! when COMMIT returns, the position is durable and may be confirmed to the source.
+//! changes are never skipped one by one by their own LSN. A position is confirmed to the
+//! source only once its commit is on the target's disk: batches handed off in the background
+//! commit without waiting for the flush and are confirmed when the target is seen flushed past
+//! them ([`executor`] explains how); every other commit is synchronous.
 
 mod buffer;
 mod executor;
@@ -45,11 +47,11 @@ use crate::connect::classify;
 use crate::pgoutput::{OldTuple, PgTimestamp, Tuple, Value};
 use buffer::{Compacted, Drained, Key, Ordered, Patch, Row};
 use bytes::{Bytes, BytesMut};
-use executor::{Executor, Step};
+use executor::{CommitOutcome, Executor, Step};
 use pgtide_core::ident::QualifiedName;
 use pgtide_core::lsn::Lsn;
 use pgtide_core::{Error, ErrorKind, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_postgres::Client;
@@ -63,6 +65,12 @@ pub struct ApplyOptions {
     pub max_batch_bytes: usize,
     /// Age of a target transaction.
     pub max_batch_age: Duration,
+    /// Batches handed off in the background commit without waiting for the target's WAL
+    /// flush (`synchronous_commit = off` for that transaction), as native logical
+    /// replication's apply worker does; what they apply is confirmed to the source only once
+    /// the target is seen flushed past them. Turned off by the applier when the target waits
+    /// for synchronous standbys (a failover there must not lose what the source was told).
+    pub commit_without_flush: bool,
     /// Buffered value bytes that are flushed into the open transaction.
     pub max_buffer_bytes: usize,
 }
@@ -73,6 +81,7 @@ impl Default for ApplyOptions {
             max_batch_changes: 50_000,
             max_batch_bytes: 64 << 20,
             max_batch_age: Duration::from_millis(200),
+            commit_without_flush: true,
             max_buffer_bytes: 16 << 20,
         }
     }
@@ -156,7 +165,8 @@ struct InFlight {
     committing: Option<Committing>,
 }
 
-/// What a batch handed off makes true once its `COMMIT` has returned.
+/// What a batch handed off makes true once its `COMMIT` has returned (how far that is on
+/// the target's disk: [`executor::CommitOutcome`]).
 struct Committing {
     /// The position it records as confirmed (`Step::Confirmed`).
     confirms: Option<Lsn>,
@@ -275,6 +285,28 @@ impl PgApplier {
             )
             .await
             .map_err(|e| classify(e, "preparing the apply session on the target"))?;
+        let mut opts = opts;
+        if opts.commit_without_flush {
+            let standbys: String = client
+                .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+                .await
+                .map_err(|e| classify(e, "reading the target's synchronous_standby_names"))?
+                .get(0);
+            if !standbys.trim().is_empty() {
+                tracing::info!(
+                    "the target waits for synchronous standbys: every apply transaction waits for them too"
+                );
+                opts.commit_without_flush = false;
+            }
+        }
+        // A run before this one may have committed batches without waiting for the flush and
+        // then died: what it left must be on disk before the checkpoint read below is
+        // confirmed to the source. A synchronous commit of a transaction with an xid flushes
+        // the target's WAL up to it.
+        client
+            .batch_execute("BEGIN; SELECT pg_catalog.txid_current(); COMMIT")
+            .await
+            .map_err(|e| classify(e, "waiting for the target to flush its WAL"))?;
         let progress = read_progress(&client, task).await?;
         let (durable, confirmed) = match progress {
             Some(p) => (p.applied, p.confirmed),
@@ -322,22 +354,25 @@ impl PgApplier {
             return Ok(());
         }
         ex.write_confirmed(lsn).await?;
+        // Written outside a batch, in a transaction of its own committed synchronously: the
+        // target's WAL is on disk up to it.
         self.checkpoint.confirmed = lsn;
+        self.checkpoint.all_flushed();
         Ok(())
     }
 
-    /// Hand the open batch off like [`PgApplier::hand_off_batch`], recording in its
-    /// transaction that every source transaction committing before `upto` is in it or in an
-    /// earlier batch (the caller guarantees it: a catch-up chunk ends there). `upto` becomes
-    /// confirmable when the batch is seen committed, so the next chunk starts without waiting
-    /// for the target. With no open batch, records `upto` at once
+    /// Record with the open batch that every source transaction committing before `upto` is
+    /// in it or in an earlier batch (the caller guarantees it: a catch-up chunk ends there).
+    /// The batch stays open, later transactions join it, and `upto` becomes confirmable when
+    /// it is seen committed: ending the batch at every chunk boundary left the target idle
+    /// while the next full batch was built. With no open batch, records `upto` at once
     /// ([`PgApplier::record_confirmed`]).
-    pub async fn hand_off_batch_through(&mut self, upto: Lsn) -> Result<()> {
+    pub async fn mark_through(&mut self, upto: Lsn) -> Result<()> {
         if !self.in_tx {
             return self.record_confirmed(upto).await;
         }
-        self.confirm_with_batch = Some(upto);
-        self.hand_off_batch().await
+        self.confirm_with_batch = Some(self.confirm_with_batch.map_or(upto, |c| c.max(upto)));
+        Ok(())
     }
 
     /// A batch is being built or is in flight on the target (changes not yet durable).
@@ -526,10 +561,18 @@ impl PgApplier {
             self.executor = Some(ex);
             result?;
             if let Some(c) = f.committing {
-                self.checkpoint.in_flight_committed();
-                if let Some(lsn) = c.confirms {
-                    self.checkpoint.confirmed = self.checkpoint.confirmed.max(lsn);
-                }
+                let ex = self.executor.as_mut().expect("just returned");
+                let unflushed = match ex.last_commit.take() {
+                    Some(CommitOutcome::Flushed) => None,
+                    Some(CommitOutcome::Unflushed {
+                        commit_end,
+                        target_flushed,
+                    }) => Some((commit_end, target_flushed)),
+                    // Nothing was open to commit: nothing new to wait for, but what was
+                    // committed before is not known to be flushed either.
+                    None => Some((Lsn(u64::MAX), Lsn::ZERO)),
+                };
+                self.checkpoint.in_flight_committed(c.confirms, unflushed);
                 for (n, c) in c.counts {
                     self.counts_total.entry(n).or_default().add(&c);
                 }
@@ -600,6 +643,11 @@ impl PgApplier {
     /// (see [`PgApplier::durable`]) once its `COMMIT` has returned, which the next interaction
     /// with the target waits for.
     pub async fn hand_off_batch(&mut self) -> Result<()> {
+        self.hand_off(!self.opts.commit_without_flush).await
+    }
+
+    /// Hand the open batch off, its commit waiting for the target's WAL flush or not.
+    async fn hand_off(&mut self, wait_for_flush: bool) -> Result<()> {
         if !self.in_tx {
             return Ok(());
         }
@@ -619,7 +667,7 @@ impl PgApplier {
         if !counts.is_empty() {
             steps.push(Step::Stats(counts.clone()));
         }
-        steps.push(Step::Commit);
+        steps.push(Step::Commit { wait_for_flush });
         self.in_tx = false;
         self.batch_opened = None;
         self.batch_changes = 0;
@@ -628,11 +676,22 @@ impl PgApplier {
             .await
     }
 
-    /// Commit the open batch with its checkpoint and wait for it. Returns the new durable
-    /// position.
+    /// Commit the open batch with its checkpoint and wait for it, on the target's disk with
+    /// every batch before it (so all of it is confirmable). Returns the new durable position.
     pub async fn commit_batch(&mut self) -> Result<Option<Applied>> {
-        self.hand_off_batch().await?;
-        self.settle().await?;
+        self.hand_off(true).await?;
+        let open = self.settle().await?.open;
+        if self.checkpoint.has_unflushed() && !open {
+            let ex = self.executor.as_mut().expect("settled");
+            // Batches handed off before were committed without waiting for the flush; a
+            // synchronous commit of a transaction with an xid flushes the WAL up to it.
+            ex.exec(
+                "BEGIN; SELECT pg_catalog.txid_current(); COMMIT",
+                "waiting for the target to flush its WAL",
+            )
+            .await?;
+            self.checkpoint.all_flushed();
+        }
         Ok(self.checkpoint.durable)
     }
 
@@ -967,7 +1026,8 @@ pub async fn read_progress(client: &Client, task: &str) -> Result<Option<Progres
 /// the same target transaction as the changes).
 #[derive(Debug, Clone, Default)]
 pub struct Checkpoint {
-    /// The last source transaction durably applied.
+    /// The last source transaction applied in a committed target transaction (see
+    /// `unflushed` for when it may be confirmed).
     pub durable: Option<Applied>,
     /// The last source transaction applied in the open batch.
     pub pending: Option<Applied>,
@@ -982,6 +1042,14 @@ pub struct Checkpoint {
     skipped_through: Lsn,
     /// Source transactions applied since start.
     pub transactions: u64,
+    /// Batches committed without waiting for the target's WAL flush and not yet known to be
+    /// on its disk, oldest first: a target WAL position their commit record ends at or
+    /// before, and the source position they made confirmable. A target crash may lose them,
+    /// so the source is not told of them before the target has flushed that far.
+    unflushed: VecDeque<(Lsn, Lsn)>,
+    /// While `unflushed` is not empty: the highest source position made confirmable by
+    /// commits known to be on the target's disk.
+    flushed: Lsn,
 }
 
 impl Checkpoint {
@@ -1027,17 +1095,27 @@ impl Checkpoint {
 
     /// The position the source may be told is done: the durable checkpoint or the recorded
     /// idle position, and, only between batches, past transactions skipped as already applied.
+    /// Never past what the target has on disk (see [`Checkpoint::in_flight_committed`]).
     pub fn confirmable(&self, in_tx: bool) -> Lsn {
-        let d = self
-            .durable
-            .map(|a| a.end_lsn)
-            .unwrap_or(Lsn::ZERO)
-            .max(self.confirmed);
-        if in_tx {
+        let d = self.reached();
+        let c = if in_tx {
             d
         } else {
             d.max(self.skipped_through)
+        };
+        if self.unflushed.is_empty() {
+            c
+        } else {
+            c.min(self.flushed)
         }
+    }
+
+    /// The end of the last transaction committed on the target, or the recorded position.
+    fn reached(&self) -> Lsn {
+        self.durable
+            .map(|a| a.end_lsn)
+            .unwrap_or(Lsn::ZERO)
+            .max(self.confirmed)
     }
 
     /// The open batch committed: its pending position is durable. Returns the durable one.
@@ -1058,11 +1136,52 @@ impl Checkpoint {
         self.in_flight
     }
 
-    /// The batch handed off committed: its position is durable.
-    pub fn in_flight_committed(&mut self) {
+    /// The batch handed off committed: its position is applied, with `confirms` recorded in
+    /// its transaction. `unflushed` is `None` when the commit waited for the target's WAL
+    /// flush (which also flushed every commit before it); else the batch committed without
+    /// waiting (`synchronous_commit = off`): `(a target WAL position its commit record ends
+    /// at or before, the target's flush position seen after it)`, and what it made
+    /// confirmable is held back until the target is seen flushed that far.
+    pub fn in_flight_committed(&mut self, confirms: Option<Lsn>, unflushed: Option<(Lsn, Lsn)>) {
+        if unflushed.is_some() && self.unflushed.is_empty() {
+            self.flushed = self.confirmable(false);
+        }
         if let Some(p) = self.in_flight.take() {
             self.durable = Some(p);
         }
+        if let Some(lsn) = confirms {
+            self.confirmed = self.confirmed.max(lsn);
+        }
+        match unflushed {
+            None => self.all_flushed(),
+            Some((commit_end, target_flushed)) => {
+                self.unflushed.push_back((commit_end, self.reached()));
+                self.target_flushed(target_flushed);
+            }
+        }
+    }
+
+    /// The target was seen with its WAL flushed up to `at`: the commits ending there are on
+    /// its disk.
+    pub fn target_flushed(&mut self, at: Lsn) {
+        while let Some(&(end, reached)) = self.unflushed.front() {
+            if end > at {
+                break;
+            }
+            self.flushed = self.flushed.max(reached);
+            self.unflushed.pop_front();
+        }
+    }
+
+    /// A synchronous commit on the target returned: the target's WAL is on disk up to it,
+    /// every earlier commit included.
+    pub fn all_flushed(&mut self) {
+        self.unflushed.clear();
+    }
+
+    /// Commits are held back from confirmation until the target has flushed them.
+    pub fn has_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
     }
 
     /// The open batch was abandoned: nothing of it is applied.
@@ -1098,14 +1217,12 @@ pub trait Applier: ChangeSink + Send {
     /// durable later (at the latest with the next [`Applier::commit_batch`]). Appliers that
     /// cannot overlap commit here.
     fn hand_off_batch(&mut self) -> impl std::future::Future<Output = Result<()>> + Send;
-    /// Hand off the open batch as [`Applier::hand_off_batch`] does, and record `upto` as
-    /// confirmed once it is durable: every source transaction committing before `upto` is in
-    /// that batch or an earlier one (a catch-up chunk ends there). Appliers that cannot
-    /// overlap commit and record here.
-    fn hand_off_batch_through(
-        &mut self,
-        upto: Lsn,
-    ) -> impl std::future::Future<Output = Result<()>> + Send {
+    /// Record that every source transaction committing before `upto` has been handed to the
+    /// applier (a catch-up chunk ends there), so that `upto` becomes confirmable once what was
+    /// handed is durable, although no applied transaction may end there. Appliers that keep
+    /// it with the open batch let later transactions join that batch; the others commit and
+    /// record here.
+    fn mark_through(&mut self, upto: Lsn) -> impl std::future::Future<Output = Result<()>> + Send {
         async move {
             self.commit_batch().await?;
             self.record_confirmed(upto).await
@@ -1139,8 +1256,8 @@ impl Applier for PgApplier {
     async fn hand_off_batch(&mut self) -> Result<()> {
         PgApplier::hand_off_batch(self).await
     }
-    async fn hand_off_batch_through(&mut self, upto: Lsn) -> Result<()> {
-        PgApplier::hand_off_batch_through(self, upto).await
+    async fn mark_through(&mut self, upto: Lsn) -> Result<()> {
+        PgApplier::mark_through(self, upto).await
     }
     fn transactions(&self) -> u64 {
         self.checkpoint.transactions
@@ -1278,7 +1395,7 @@ mod tests {
             Lsn(110),
             "nothing past the durable batch"
         );
-        cp.in_flight_committed();
+        cp.in_flight_committed(None, None);
         assert_eq!(cp.durable, Some(at(200, 210)));
         assert_eq!(cp.confirmable(true), Lsn(210));
         // The open batch's position stays pending until it is handed off in turn.
@@ -1287,6 +1404,61 @@ mod tests {
         cp.batch_abandoned();
         assert_eq!(cp.durable, Some(at(200, 210)));
         assert_eq!(cp.in_flight, None);
+    }
+
+    #[test]
+    fn batches_committed_without_the_flush_are_confirmable_only_once_the_target_flushed_them() {
+        let at = |c: u64, e: u64| Applied {
+            commit_lsn: Lsn(c),
+            end_lsn: Lsn(e),
+            commit_time: 0,
+        };
+        let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn::ZERO);
+        let batch = |cp: &mut Checkpoint, c: u64, e: u64| {
+            assert!(cp.begin(Lsn(c)));
+            assert!(cp.commit(Lsn(c), Lsn(e), 0));
+            cp.batch_handed_off();
+        };
+        // Batch 1 commits; the target has not flushed it (its commit ends at or before target
+        // position 1000, the target flushed to 900).
+        batch(&mut cp, 200, 210);
+        cp.in_flight_committed(None, Some((Lsn(1000), Lsn(900))));
+        assert_eq!(
+            cp.durable,
+            Some(at(200, 210)),
+            "applied: later ones skip it"
+        );
+        assert!(!cp.begin(Lsn(200)));
+        assert!(!cp.commit(Lsn(200), Lsn(210), 0));
+        assert_eq!(
+            cp.confirmable(false),
+            Lsn(110),
+            "not on the target's disk yet"
+        );
+        // Batch 2 (recording a chunk's end) commits; the target is seen flushed past batch 1.
+        batch(&mut cp, 300, 310);
+        cp.in_flight_committed(Some(Lsn(350)), Some((Lsn(2000), Lsn(1500))));
+        assert_eq!(cp.confirmable(false), Lsn(210));
+        assert_eq!(cp.confirmable(true), Lsn(210));
+        // A later flush report releases batch 2 and its recorded position.
+        cp.target_flushed(Lsn(2000));
+        assert!(!cp.has_unflushed());
+        assert_eq!(cp.confirmable(true), Lsn(350));
+        // A synchronous commit flushes everything before it.
+        batch(&mut cp, 400, 410);
+        cp.in_flight_committed(None, Some((Lsn(3000), Lsn(2000))));
+        batch(&mut cp, 500, 510);
+        cp.in_flight_committed(None, Some((Lsn(4000), Lsn(2000))));
+        assert_eq!(cp.confirmable(true), Lsn(350));
+        batch(&mut cp, 600, 610);
+        cp.in_flight_committed(None, None);
+        assert_eq!(cp.confirmable(true), Lsn(610));
+        // So does an explicit flush.
+        batch(&mut cp, 700, 710);
+        cp.in_flight_committed(None, Some((Lsn(5000), Lsn(4000))));
+        assert_eq!(cp.confirmable(false), Lsn(610));
+        cp.all_flushed();
+        assert_eq!(cp.confirmable(false), Lsn(710));
     }
 
     #[test]

@@ -19,10 +19,11 @@
 //!   (not requested here) a transaction is output whole at its commit record, so a chunk holds
 //!   only complete transactions, and every transaction whose commit record starts before
 //!   `upto_lsn` is in this chunk or an earlier one.
-//! * The caller applies and commits a chunk on the target (the checkpoint goes in the same
-//!   target transaction, as for streamed changes) before it moves the slot with
-//!   `pg_replication_slot_advance` to what the target made durable, never further. A crash
-//!   in between re-reads the chunk, and the applier skips what its checkpoint covers.
+//! * The caller applies a chunk and records its end in the target transaction that commits
+//!   its last changes (with the checkpoint, as for streamed changes; that batch may go on
+//!   with the next chunk's transactions). It moves the slot with
+//!   `pg_replication_slot_advance` only to what the target made durable, never further. A
+//!   crash in between re-reads the chunk, and the applier skips what its checkpoint covers.
 //! * The slot is held only while the function decodes (it is released before the rows are
 //!   sent), and a slot held by a walsender makes the function fail with `55006`, which is
 //!   retried like a busy slot at `START_REPLICATION`.
