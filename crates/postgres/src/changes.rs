@@ -359,8 +359,8 @@ impl Assembler {
                 // The projection always follows the message (the source's columns may have
                 // changed where the route's output did not). The same routed shape keeps its
                 // `RelationRef`, so the applier keeps the table's state and its buffered
-                // changes: every decoding session (each catch-up chunk, each reconnect) sends
-                // a table's Relation again before its first change, and a new `RelationRef`
+                // changes: every decoding session (each catch-up chunk) sends a table's
+                // Relation again before its first change, and a new `RelationRef`
                 // makes the applier flush the table and resolve it against the target,
                 // waiting for the batch in flight.
                 self.projections.insert(relation.oid, projection);
@@ -729,6 +729,26 @@ mod tests {
             0,
             "spill files are removed"
         );
+    }
+
+    /// A table's Relation is sent again by every decoding session: the same shape keeps its
+    /// `RelationRef` (the applier keeps its buffered changes), a new shape replaces it.
+    #[tokio::test]
+    async fn the_same_relation_again_keeps_its_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Assembler::new(dir.path().to_path_buf()).unwrap();
+        let mut log = Log::default();
+        a.process(rel(None), &mut log).await.unwrap();
+        let first = a.relation(1).unwrap().clone();
+        a.process(rel(None), &mut log).await.unwrap();
+        assert!(Arc::ptr_eq(&first, a.relation(1).unwrap()));
+        let mut renamed = rel(None).to_vec();
+        let at = renamed.windows(3).position(|w| w == b"id\0").unwrap();
+        renamed[at..at + 2].copy_from_slice(b"nr");
+        a.process(Bytes::from(renamed), &mut log).await.unwrap();
+        let now = a.relation(1).unwrap();
+        assert!(!Arc::ptr_eq(&first, now));
+        assert_eq!(now.columns[0].name, "nr");
     }
 
     #[tokio::test]

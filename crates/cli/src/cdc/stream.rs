@@ -500,9 +500,9 @@ impl CatchUpRun<'_> {
         );
         let slot = self.setup.slot.clone();
         // Every transaction committed before `position` has been handed to the applier (it is
-        // durable, in flight, or in the open batch) or was confirmed before. The slot itself
-        // only ever moves to what is durable (`applier.confirmable()`), which may trail it by
-        // the batch in flight.
+        // committed, in flight, or in the open batch) or was confirmed before. The slot itself
+        // only ever moves to what is committed and on the target's disk
+        // (`applier.confirmable()`), which trails it by the open batch and the last batches.
         let mut position = start.max(applier.confirmable());
         let mut announced = false;
         // Chunks start small so that applying starts early, and double up to the setting.
@@ -640,6 +640,10 @@ impl CatchUpRun<'_> {
             // committing at every chunk boundary (or waiting for the target there) left the
             // target idle while the next full batch was built.
             applier.mark_through(upto).await?;
+            if applier.batch_is_old() {
+                // The next chunk may still be decoding; what is here need not wait for it.
+                applier.hand_off_batch().await?;
+            }
             pgtide_core::failpoint::hit("catch-up-before-advance");
             position = upto;
             if let Some(p) = &prefetch {
@@ -653,9 +657,9 @@ impl CatchUpRun<'_> {
                 drop(prefetch.take());
                 return self.finish(applier, &control, Stop::Signal).await;
             }
-            // Only what is durable (the batch just handed off moves the slot at a later
-            // boundary), and in the background: moving a slot decodes the WAL it passes over
-            // (fast-forward), time in which the next chunk is applied meanwhile.
+            // Only what is committed and flushed (the open batch, with this chunk's end, moves
+            // the slot at a later boundary), and in the background: moving a slot decodes the
+            // WAL it passes over (fast-forward), time in which the next chunk is applied.
             self.move_slot_in_background(&control, applier.confirmable())
                 .await?;
             self.publish(applier, false);

@@ -13,18 +13,18 @@
 //! At most one piece of work is in flight, and the applier waits for it ("settles") before it
 //! hands over the next one or touches the connection itself, so statements reach the target in
 //! exactly the order they would have without the overlap, and `BEGIN` of the next batch is sent
-//! only after `COMMIT` of the previous one returned. A handed-over batch's position becomes
-//! durable (and confirmable to the source) only when the applier has seen its `COMMIT`
-//! succeed; until then it is "in flight" ([`super::Checkpoint`]). If the task or the process
-//! dies with a batch in flight, the target either committed it with its checkpoint or not at
-//! all, as before.
+//! only after `COMMIT` of the previous one returned. A handed-over batch's position counts as
+//! applied only when the applier has seen its `COMMIT` succeed, and is confirmable to the
+//! source only once that commit is also on the target's disk (below); until it is seen
+//! committed it is "in flight" ([`super::Checkpoint`]). If the task or the process dies with a
+//! batch in flight, the target either committed it with its checkpoint or not at all.
 //!
 //! # Commits that do not wait for the disk
 //!
 //! A batch handed off commits with `synchronous_commit = off` for its transaction (as the
 //! apply worker of native logical replication does by default): waiting for each batch's WAL
-//! flush cost the drain of a pgbench backlog about an eighth of its time, the target idle
-//! while its disk synced. A target crash can then lose the last batches, with their
+//! flush cost the drain of a pgbench backlog 5–10% of its time, the target idle while its
+//! disk synced. A target crash can then lose the last batches, with their
 //! checkpoint (they are in the same transaction), so the next run resumes before them; what
 //! must never happen is the source being told they are done. The `COMMIT` therefore reads
 //! the target's insert position right after it (at or past the end of its commit record) and
@@ -32,7 +32,8 @@
 //! confirmation ([`super::Checkpoint::in_flight_committed`]) until a later commit reports the
 //! target flushed past it, or a synchronous commit (the last batch before any stop, a
 //! recorded idle position, or an explicit flush) has flushed everything before it. Targets
-//! that wait for synchronous standbys keep synchronous commits throughout.
+//! that wait for synchronous standbys (checked at start and with every such commit) and
+//! targets that cannot report their WAL positions get synchronous commits throughout.
 
 use super::buffer::{Drained, Ordered, Row};
 use super::{
@@ -94,6 +95,10 @@ pub(super) enum CommitOutcome {
         commit_end: Lsn,
         target_flushed: Lsn,
     },
+    /// It did not wait, and the target was found waiting for synchronous standbys
+    /// (`synchronous_standby_names` set since the session started): the commit counts as on
+    /// disk only after a later synchronous one, and commits wait from now on.
+    StandbysAppeared,
 }
 
 /// The target connection, its prepared statements, and whether a transaction is open on it.
@@ -146,8 +151,11 @@ impl Executor {
                 Step::Commit { wait_for_flush } => {
                     if self.open {
                         pgtide_core::failpoint::hit("apply-before-commit");
-                        self.last_commit = Some(self.commit(wait_for_flush).await?);
+                        let outcome = self.commit(wait_for_flush).await;
+                        // A failure after the COMMIT itself (reading the positions) still
+                        // leaves no transaction open; the error ends the connection anyway.
                         self.open = false;
+                        self.last_commit = Some(outcome?);
                     }
                 }
             }
@@ -168,7 +176,8 @@ impl Executor {
             .client
             .simple_query(
                 "SET LOCAL synchronous_commit = off; COMMIT; \
-                 SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text",
+                 SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text, \
+                   current_setting('synchronous_standby_names')",
             )
             .await
             .map_err(|e| classify(e, WHAT))?;
@@ -179,6 +188,9 @@ impl Executor {
                 _ => None,
             })
             .ok_or_else(|| Error::internal("the target returned no WAL position after COMMIT"))?;
+        if row.get(2).is_some_and(|s| !s.trim().is_empty()) {
+            return Ok(CommitOutcome::StandbysAppeared);
+        }
         let lsn = |i: usize| -> Result<Lsn> {
             row.get(i)
                 .ok_or_else(|| Error::internal("the target returned a NULL WAL position"))?

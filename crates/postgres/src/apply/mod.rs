@@ -307,6 +307,17 @@ impl PgApplier {
             .batch_execute("BEGIN; SELECT pg_catalog.txid_current(); COMMIT")
             .await
             .map_err(|e| classify(e, "waiting for the target to flush its WAL"))?;
+        if opts.commit_without_flush
+            && let Err(e) = client
+                .simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.pg_current_wal_flush_lsn()")
+                .await
+        {
+            // A PostgreSQL-compatible target without them cannot say what is on its disk.
+            tracing::info!(
+                "the target's WAL positions cannot be read ({e}): every apply transaction waits for its disk"
+            );
+            opts.commit_without_flush = false;
+        }
         let progress = read_progress(&client, task).await?;
         let (durable, confirmed) = match progress {
             Some(p) => (p.applied, p.confirmed),
@@ -331,13 +342,15 @@ impl PgApplier {
         })
     }
 
-    /// The last source transaction durably applied.
+    /// The last source transaction applied in a committed target transaction (confirmable
+    /// once on the target's disk: [`PgApplier::confirmable`]).
     pub fn durable(&self) -> Option<Applied> {
         self.checkpoint.durable
     }
 
     /// The position the source may be told is done: the durable checkpoint, later when
-    /// transactions after it were skipped as already applied, or the recorded idle position.
+    /// transactions after it were skipped as already applied, or the recorded idle position;
+    /// never past a commit the target has not flushed yet.
     pub fn confirmable(&self) -> Lsn {
         self.checkpoint.confirmable(self.has_open_batch())
     }
@@ -364,18 +377,20 @@ impl PgApplier {
     /// Record with the open batch that every source transaction committing before `upto` is
     /// in it or in an earlier batch (the caller guarantees it: a catch-up chunk ends there).
     /// The batch stays open, later transactions join it, and `upto` becomes confirmable when
-    /// it is seen committed: ending the batch at every chunk boundary left the target idle
-    /// while the next full batch was built. With no open batch, records `upto` at once
+    /// it is seen committed and flushed (like the batch itself): ending the batch at every
+    /// chunk boundary left the target idle while the next full batch was built. When the last
+    /// batch was just handed off, `upto` goes with the next one ([`PgApplier::commit_batch`]
+    /// records it if none comes); with nothing on the target at all, it is recorded at once
     /// ([`PgApplier::record_confirmed`]).
     pub async fn mark_through(&mut self, upto: Lsn) -> Result<()> {
-        if !self.in_tx {
+        if !self.in_tx && self.in_flight.is_none() {
             return self.record_confirmed(upto).await;
         }
         self.confirm_with_batch = Some(self.confirm_with_batch.map_or(upto, |c| c.max(upto)));
         Ok(())
     }
 
-    /// A batch is being built or is in flight on the target (changes not yet durable).
+    /// A batch is being built or is in flight on the target (changes not yet committed).
     pub fn has_open_batch(&self) -> bool {
         self.in_tx || self.in_flight.is_some()
     }
@@ -573,6 +588,13 @@ impl PgApplier {
                 let ex = self.executor.as_mut().expect("just returned");
                 let unflushed = match ex.last_commit.take() {
                     Some(CommitOutcome::Flushed) => None,
+                    Some(CommitOutcome::StandbysAppeared) => {
+                        tracing::info!(
+                            "the target now waits for synchronous standbys: every apply transaction waits for them too"
+                        );
+                        self.opts.commit_without_flush = false;
+                        Some((Lsn(u64::MAX), Lsn::ZERO))
+                    }
                     Some(CommitOutcome::Unflushed {
                         commit_end,
                         target_flushed,
@@ -686,9 +708,15 @@ impl PgApplier {
     }
 
     /// Commit the open batch with its checkpoint and wait for it, on the target's disk with
-    /// every batch before it (so all of it is confirmable). Returns the new durable position.
+    /// every batch before it (so all of it is confirmable), and record a position left by
+    /// [`PgApplier::mark_through`] for a batch that did not come. Returns the new durable
+    /// position.
     pub async fn commit_batch(&mut self) -> Result<Option<Applied>> {
         self.hand_off(true).await?;
+        if let Some(upto) = self.confirm_with_batch.take() {
+            // Written synchronously: everything before it is flushed with it.
+            self.record_confirmed(upto).await?;
+        }
         let open = self.settle().await?.open;
         if self.checkpoint.has_unflushed() && !open {
             let ex = self.executor.as_mut().expect("settled");
@@ -1153,7 +1181,9 @@ impl Checkpoint {
     /// confirmable is held back until the target is seen flushed that far.
     pub fn in_flight_committed(&mut self, confirms: Option<Lsn>, unflushed: Option<(Lsn, Lsn)>) {
         if unflushed.is_some() && self.unflushed.is_empty() {
-            self.flushed = self.confirmable(false);
+            // Not `skipped_through`: a transaction skipped as part of the batch in flight
+            // is only as flushed as that batch.
+            self.flushed = self.reached();
         }
         if let Some(p) = self.in_flight.take() {
             self.durable = Some(p);
@@ -1206,7 +1236,7 @@ impl Checkpoint {
 /// checkpoint is skipped whole; the checkpoint is written in the same target transaction as
 /// the changes; [`Applier::confirmable`] never passes what is durable on the target.
 pub trait Applier: ChangeSink + Send {
-    /// The last source transaction durably applied.
+    /// The last source transaction applied in a committed target transaction.
     fn durable(&self) -> Option<Applied>;
     /// The position the source may be told is done.
     fn confirmable(&self) -> Lsn;
@@ -1215,7 +1245,7 @@ pub trait Applier: ChangeSink + Send {
         &mut self,
         lsn: Lsn,
     ) -> impl std::future::Future<Output = Result<()>> + Send;
-    /// A target transaction is open or committing (changes not yet durable).
+    /// A target transaction is open or committing (changes not yet committed).
     fn has_open_batch(&self) -> bool;
     /// The open batch should be committed by age.
     fn batch_is_old(&self) -> bool;
