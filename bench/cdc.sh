@@ -166,14 +166,33 @@ BACKLOG=$(ps -d src -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$END', confirmed_
 TXNS=$(ps -d src -c "SELECT count(*) FROM pgbench_history WHERE mtime > now() - interval '$((RUN + 30)) seconds'")
 echo "    backlog: $TXNS pgbench transactions ($TPS_BACKLOG tps), $BACKLOG of WAL in each slot"
 
+# Each drain starts on equal footing: no autovacuum running on either server (it is paused for
+# the drains: a vacuum of the tables a drain just updated otherwise lands at random in the next
+# drain, seen in both directions), the target's dirty buffers written out, and the tables of
+# the database it applies to read into the target's buffer cache (pg_prewarm). Without this the
+# drain that runs second found its database warmer: it was loaded later (pg_dump | psql), so
+# more of its pages were still in shared_buffers.
+for q in ps pd; do $q -d postgres -c "ALTER SYSTEM SET autovacuum = off" -c "SELECT pg_reload_conf()" >/dev/null; done
+even_start() { # database
+    for _ in $(seq 600); do
+        [ "$(ps -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")$(pd -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 00 ] && break
+        sleep 0.2
+    done
+    pd -d postgres -c "CHECKPOINT"
+    pd -d "$1" -c "CREATE EXTENSION IF NOT EXISTS pg_prewarm" \
+        -c "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')" >/dev/null
+}
+
 # CPU is accounted per server (postmaster, live backends, reaped ones) and for pgtide's process,
 # so that a drain's time can be told apart into decoding on the source, pgtide and applying.
+even_start drain_pgtide
 mark=$(cpu_mark)
 t0=$(now)
 /usr/bin/time -f "%U %S" -o "$WORK/drain.cpu" "$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
 T_PGTIDE=$(secs "$t0" "$(now)")
 CPU_PGTIDE="$(cpu_since "$mark"), pgtide $(awk '{ printf "%.1f", $1 + $2 }' "$WORK/drain.cpu") CPU-s"
 echo "    pgtide: ${T_PGTIDE}s ($CPU_PGTIDE)"
+even_start drain_native
 mark=$(cpu_mark)
 t0=$(now)
 pd -d drain_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
@@ -183,6 +202,7 @@ CPU_NATIVE=$(cpu_since "$mark")
 echo "    native logical replication: ${T_NATIVE}s ($CPU_NATIVE)"
 T_PGCOPYDB="-"
 if [ "$PGCOPYDB_OK" = 1 ]; then
+    even_start drain_pgcopydb
     t0=$(now)
     # pgcopydb follow can hang after its own errors and exits 0 when killed, so it gets a deadline
     # (ten times the native drain, at least 120 s), its log is searched for errors, and its target

@@ -4,8 +4,10 @@
 //!
 //! Consecutive source transactions are grouped into one target transaction until it holds
 //! `max_batch_changes` changes or `max_batch_bytes` of values, or has been open for
-//! `max_batch_age`; the caller also closes it when the stream goes quiet. A batch always ends at a
-//! source commit, never inside a source transaction.
+//! `max_batch_age`, or holds an eighth of `max_batch_changes` while nothing runs on the target
+//! (the target would otherwise idle while the first batch of a backlog is built); the caller
+//! also closes it when the stream goes quiet. A batch always ends at a source commit, never
+//! inside a source transaction.
 //!
 //! # Inside a batch
 //!
