@@ -489,15 +489,7 @@ impl CatchUpRun<'_> {
         options: &[(&str, String)],
         start: Lsn,
     ) -> Result<Option<Stop>> {
-        let session_options = replication_session_options(&self.setup.target);
-        let control = Arc::new(
-            pgtide_postgres::connect::connect_with_options(
-                &self.task.source.url,
-                Side::Source,
-                &session_options,
-            )
-            .await?,
-        );
+        let control = Arc::new(self.decoding_session().await?);
         let slot = self.setup.slot.clone();
         // Every transaction committed before `position` has been handed to the applier (it is
         // committed, in flight, or in the open batch) or was confirmed before. The slot itself
@@ -597,7 +589,7 @@ impl CatchUpRun<'_> {
                 let data = match next {
                     peek::Prefetched::Message(data) => data,
                     peek::Prefetched::ChunkEnd(upto) => break Some(upto),
-                    peek::Prefetched::Done(_) => break None,
+                    peek::Prefetched::Done => break None,
                 };
                 if !asm.in_transaction() {
                     let end = self
@@ -666,6 +658,17 @@ impl CatchUpRun<'_> {
         }
     }
 
+    /// A new session on the source for the SQL decoding functions, with the settings the
+    /// text forms of decoded values depend on ([`replication_session_options`]).
+    async fn decoding_session(&self) -> Result<tokio_postgres::Client> {
+        pgtide_postgres::connect::connect_with_options(
+            &self.task.source.url,
+            Side::Source,
+            &replication_session_options(&self.setup.target),
+        )
+        .await
+    }
+
     /// A new session on the source with a prefetch from `from` on a copy of the slot.
     async fn start_prefetch(
         &self,
@@ -673,12 +676,7 @@ impl CatchUpRun<'_> {
         plan: peek::PrefetchPlan,
         options: &[(&str, String)],
     ) -> Result<peek::Prefetch> {
-        let session = pgtide_postgres::connect::connect_with_options(
-            &self.task.source.url,
-            Side::Source,
-            &replication_session_options(&self.setup.target),
-        )
-        .await?;
+        let session = self.decoding_session().await?;
         peek::Prefetch::start(session, &self.setup.slot, from, plan, options).await
     }
 

@@ -305,10 +305,7 @@ impl PgApplier {
         // then died: what it left must be on disk before the checkpoint read below is
         // confirmed to the source. A synchronous commit of a transaction with an xid flushes
         // the target's WAL up to it.
-        client
-            .batch_execute("BEGIN; SELECT pg_catalog.txid_current(); COMMIT")
-            .await
-            .map_err(|e| classify(e, "waiting for the target to flush its WAL"))?;
+        flush_wal(&client).await?;
         if opts.commit_without_flush
             && let Err(e) = client
                 .simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.pg_current_wal_flush_lsn()")
@@ -595,7 +592,7 @@ impl PgApplier {
                             "the target now waits for synchronous standbys: every apply transaction waits for them too"
                         );
                         self.opts.commit_without_flush = false;
-                        Some((Lsn(u64::MAX), Lsn::ZERO))
+                        NOT_KNOWN_FLUSHED
                     }
                     Some(CommitOutcome::Unflushed {
                         commit_end,
@@ -603,7 +600,7 @@ impl PgApplier {
                     }) => Some((commit_end, target_flushed)),
                     // Nothing was open to commit: nothing new to wait for, but what was
                     // committed before is not known to be flushed either.
-                    None => Some((Lsn(u64::MAX), Lsn::ZERO)),
+                    None => NOT_KNOWN_FLUSHED,
                 };
                 self.checkpoint.in_flight_committed(c.confirms, unflushed);
                 for (n, c) in c.counts {
@@ -721,14 +718,8 @@ impl PgApplier {
         }
         let open = self.settle().await?.open;
         if self.checkpoint.has_unflushed() && !open {
-            let ex = self.executor.as_mut().expect("settled");
-            // Batches handed off before were committed without waiting for the flush; a
-            // synchronous commit of a transaction with an xid flushes the WAL up to it.
-            ex.exec(
-                "BEGIN; SELECT pg_catalog.txid_current(); COMMIT",
-                "waiting for the target to flush its WAL",
-            )
-            .await?;
+            // Batches handed off before were committed without waiting for the flush.
+            flush_wal(&self.executor.as_ref().expect("settled").client).await?;
             self.checkpoint.all_flushed();
         }
         Ok(self.checkpoint.durable)
@@ -1060,6 +1051,19 @@ pub async fn read_progress(client: &Client, task: &str) -> Result<Option<Progres
     }))
 }
 
+/// Wait until the target's WAL is on disk up to now: a synchronous commit of a transaction
+/// with an xid flushes it (commits that did not wait for the flush included).
+async fn flush_wal(client: &Client) -> Result<()> {
+    client
+        .batch_execute("BEGIN; SELECT pg_catalog.txid_current(); COMMIT")
+        .await
+        .map_err(|e| classify(e, "waiting for the target to flush its WAL"))
+}
+
+/// For [`Checkpoint::in_flight_committed`]: a commit whose place in the target's WAL is not
+/// known, held back until a synchronous commit flushes everything.
+const NOT_KNOWN_FLUSHED: Option<(Lsn, Lsn)> = Some((Lsn(u64::MAX), Lsn::ZERO));
+
 /// Where an applier stands in the source's commit order, with the exactly-once rules on it.
 /// Shared by every applier: what differs per target is only how the position is stored (in
 /// the same target transaction as the changes).
@@ -1381,13 +1385,16 @@ mod tests {
         assert_eq!(&b[..], b"a\\tb\\nc\\\\d\\re");
     }
 
+    fn at(commit: u64, end: u64) -> Applied {
+        Applied {
+            commit_lsn: Lsn(commit),
+            end_lsn: Lsn(end),
+            commit_time: 0,
+        }
+    }
+
     #[test]
     fn checkpoint_skips_what_was_applied_and_confirms_only_what_is_durable() {
-        let at = |c: u64, e: u64| Applied {
-            commit_lsn: Lsn(c),
-            end_lsn: Lsn(e),
-            commit_time: 0,
-        };
         let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn(50));
         // At or below the durable checkpoint: skipped whole; confirmable moves past it only
         // between batches.
@@ -1415,11 +1422,6 @@ mod tests {
 
     #[test]
     fn a_batch_in_flight_is_skipped_on_replay_but_not_confirmable_until_seen_committed() {
-        let at = |c: u64, e: u64| Applied {
-            commit_lsn: Lsn(c),
-            end_lsn: Lsn(e),
-            commit_time: 0,
-        };
         let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn::ZERO);
         assert!(cp.begin(Lsn(200)));
         assert!(cp.commit(Lsn(200), Lsn(210), 0));
@@ -1450,11 +1452,6 @@ mod tests {
 
     #[test]
     fn batches_committed_without_the_flush_are_confirmable_only_once_the_target_flushed_them() {
-        let at = |c: u64, e: u64| Applied {
-            commit_lsn: Lsn(c),
-            end_lsn: Lsn(e),
-            commit_time: 0,
-        };
         let mut cp = Checkpoint::new(Some(at(100, 110)), Lsn::ZERO);
         let batch = |cp: &mut Checkpoint, c: u64, e: u64| {
             assert!(cp.begin(Lsn(c)));

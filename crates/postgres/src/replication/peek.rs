@@ -68,7 +68,7 @@ use crate::slot::busy_is_transient;
 use bytes::Bytes;
 use futures::StreamExt;
 use pgtide_core::lsn::Lsn;
-use pgtide_core::{Error, Result};
+use pgtide_core::{Error, ErrorKind, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -145,13 +145,15 @@ fn message(
         })
 }
 
-/// Move the slot's confirmed position to `to` (never backwards: the server ignores a position
-/// below the current one). Only ever called with a position the target has made durable.
+/// Move the slot's confirmed position to `to`, or leave it where it is when it is already
+/// further (the server refuses to move a slot backwards). The task's slot is only ever moved to
+/// a position the target has made durable.
 pub async fn advance_slot(client: &Client, slot: &str, to: Lsn) -> Result<()> {
     let to_text = to.to_string();
-    client
+    let moved = client
         .execute(
-            "SELECT pg_catalog.pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
+            "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, GREATEST($2::text::pg_lsn, s.confirmed_flush_lsn)) \
+             FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1::text::name",
             &[&slot, &to_text],
         )
         .await
@@ -161,6 +163,13 @@ pub async fn advance_slot(client: &Client, slot: &str, to: Lsn) -> Result<()> {
                 &format!("moving replication slot {slot} to {to} on the source"),
             ))
         })?;
+    if moved == 0 {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("replication slot {slot} is missing on the source"),
+        )
+        .with_hint("it was dropped while pgtide used it; run the task again (with --restart if the task's own slot is gone)"));
+    }
     Ok(())
 }
 
@@ -186,9 +195,9 @@ pub enum Prefetched {
     /// The current chunk is complete: every transaction whose commit record starts before
     /// this position was in it or in an earlier one.
     ChunkEnd(Lsn),
-    /// No further chunk: the backlog left (from this position on) is below the catch-up
-    /// threshold, or the end position was reached.
-    Done(Lsn),
+    /// No further chunk: the backlog left is below the catch-up threshold, or the end
+    /// position was reached.
+    Done,
 }
 
 /// When the [`Prefetch`] stops and how big its chunks are.
@@ -209,7 +218,7 @@ pub struct PrefetchPlan {
 enum Item {
     Message(Bytes, #[allow(dead_code)] OwnedSemaphorePermit),
     ChunkEnd(Lsn),
-    Done(Lsn),
+    Done,
 }
 
 /// Chunks decoded one after the other, ahead of the applier, on a temporary copy of the slot
@@ -260,21 +269,8 @@ impl Prefetch {
                 ))
             })?;
         // The copy starts at the slot's confirmed position, which trails `from` when the
-        // target's durable position does; the server refuses to move a slot backwards.
-        let from_text = from.to_string();
-        session
-            .execute(
-                "SELECT pg_catalog.pg_replication_slot_advance(s.slot_name, GREATEST($2::text::pg_lsn, s.confirmed_flush_lsn)) \
-                 FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1::text::name",
-                &[&copy, &from_text],
-            )
-            .await
-            .map_err(|e| {
-                busy_is_transient(classify(
-                    e,
-                    &format!("moving the read-ahead copy of replication slot {slot} to {from}"),
-                ))
-            })?;
+        // target's durable position does.
+        advance_slot(&session, &copy, from).await?;
         let flat: Vec<String> = options
             .iter()
             .flat_map(|(k, v)| [k.to_string(), v.clone()])
@@ -304,7 +300,7 @@ impl Prefetch {
             // the applier's.
             Some(Ok(Item::Message(data, _permit))) => Ok(Prefetched::Message(data)),
             Some(Ok(Item::ChunkEnd(at))) => Ok(Prefetched::ChunkEnd(at)),
-            Some(Ok(Item::Done(at))) => Ok(Prefetched::Done(at)),
+            Some(Ok(Item::Done)) => Ok(Prefetched::Done),
             Some(Err(e)) => Err(e),
             None => Err(Error::internal(
                 "the read-ahead of the slot ended unexpectedly",
@@ -334,7 +330,7 @@ async fn prefetch(
         seen.store(head.0, Ordering::Relaxed);
         let limit = plan.end.map_or(head, |e| e.min(head));
         if limit <= position || limit.0 - position.0 < plan.min_backlog {
-            let _ = tx.send(Ok(Item::Done(position)));
+            let _ = tx.send(Ok(Item::Done));
             return Ok(());
         }
         let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
