@@ -423,7 +423,8 @@ pub(crate) async fn run_stream_thread(
 ) -> Result<Stop> {
     // The stream loop and its two connections run on one dedicated thread with a
     // single-threaded runtime, like the load workers: a message never hops threads between the
-    // socket and the applier.
+    // socket and the applier. (A catch-up's read-ahead receives on a thread of its own, see
+    // `peek::Prefetch`.)
     let stop = {
         let (task, shutdown, status) = (task.clone(), shutdown.clone(), status.clone());
         let handle = std::thread::Builder::new()

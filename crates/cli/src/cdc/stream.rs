@@ -264,6 +264,19 @@ async fn stream_into<A: Applier>(
             moving: None,
         };
         if let Some(stop) = catch.run(&mut applier, &mut asm, &options, start).await? {
+            // The slot is moved to what the catch-up applied through the replication
+            // protocol: a status update sets the confirmed position without decoding the WAL
+            // before it, which `pg_replication_slot_advance` does from the slot's
+            // `restart_lsn` (that trails by up to a running-xacts interval: 0.1–0.45 s at the
+            // end of a drain, all of it in the run's time).
+            let to = applier.confirmable();
+            if to > catch.slot_confirmed {
+                repl.start_logical(&setup.slot, to, &options)
+                    .await
+                    .map_err(pgtide_postgres::slot::busy_is_transient)?
+                    .confirm_and_end(to)
+                    .await?;
+            }
             return Ok(stop);
         }
         start = start.max(applier.confirmable());
@@ -420,6 +433,16 @@ impl<T> Drop for AbortOnDrop<T> {
 /// `peek`'s module documentation for what it overlaps.
 const PREFETCH_BUDGET: usize = 64 << 20;
 
+/// WAL bytes the slot may trail what the catch-up made durable before it is moved in the
+/// background. A move (`pg_replication_slot_advance`) decodes from the slot's `restart_lsn`,
+/// which itself trails by a running-xacts interval (logged every 15 s, when the backlog was
+/// written): moving at every chunk decoded most of the backlog three times over and cost a
+/// pgbench drain 5% of its time. What the slot holds back meanwhile was held back before the
+/// catch-up began. At a stop the slot is confirmed through the replication protocol, which
+/// decodes nothing; before streaming takes over it is moved the rest of the way, which then
+/// decodes at most this much more (~0.3 s once).
+const MOVE_SLOT_EVERY: u64 = 256 << 20;
+
 /// The next message of the chunk being applied: decoded on the task's slot (on the control
 /// session) when there is no prefetch, else from the prefetch.
 async fn next_decoded(
@@ -506,7 +529,7 @@ impl CatchUpRun<'_> {
         loop {
             if self.shutdown.is_triggered() {
                 drop(prefetch.take());
-                return self.finish(applier, &control, Stop::Signal).await;
+                return self.finish(applier, Stop::Signal).await;
             }
             // Without a prefetch running (at the start, after one found too little backlog
             // left, or when the slot cannot be copied) the next chunk is decided here.
@@ -524,7 +547,14 @@ impl CatchUpRun<'_> {
                     Some(end) => end.min(head),
                     None => head,
                 };
-                if limit <= position || limit.0 - position.0 < self.settings.from {
+                if limit <= position
+                    || !peek::rest_is_a_chunk(
+                        self.setup.end_lsn,
+                        head,
+                        position,
+                        self.settings.from,
+                    )
+                {
                     self.move_slot(&control, applier.confirmable()).await?;
                     return Ok(None);
                 }
@@ -601,7 +631,7 @@ impl CatchUpRun<'_> {
                         drop(on_slot);
                         drop(prefetch.take());
                         let stop = end.map(Stop::EndLsn).unwrap_or(Stop::Signal);
-                        return self.finish(applier, &control, stop).await;
+                        return self.finish(applier, stop).await;
                     }
                 }
                 asm.process(data, applier).await?;
@@ -616,7 +646,7 @@ impl CatchUpRun<'_> {
                 // prefetch if the backlog has grown meanwhile.
                 prefetch = None;
                 if stopping {
-                    return self.finish(applier, &control, Stop::Signal).await;
+                    return self.finish(applier, Stop::Signal).await;
                 }
                 continue;
             };
@@ -643,53 +673,72 @@ impl CatchUpRun<'_> {
             }
             if self.setup.end_lsn == Some(upto) {
                 drop(prefetch.take());
-                return self.finish(applier, &control, Stop::EndLsn(upto)).await;
+                return self.finish(applier, Stop::EndLsn(upto)).await;
             }
             if stopping {
                 drop(prefetch.take());
-                return self.finish(applier, &control, Stop::Signal).await;
+                return self.finish(applier, Stop::Signal).await;
             }
             // Only what is committed and flushed (the open batch, with this chunk's end, moves
-            // the slot at a later boundary), and in the background: moving a slot decodes the
-            // WAL it passes over (fast-forward), time in which the next chunk is applied.
+            // the slot at a later boundary), in the background (moving a slot decodes WAL,
+            // time in which the next chunk is applied), and only every `MOVE_SLOT_EVERY`.
             self.move_slot_in_background(&control, applier.confirmable())
                 .await?;
             self.publish(applier, false);
         }
     }
 
-    /// A new session on the source for the SQL decoding functions, with the settings the
-    /// text forms of decoded values depend on ([`replication_session_options`]).
+    /// A new session on the source for the SQL decoding functions.
     async fn decoding_session(&self) -> Result<tokio_postgres::Client> {
         pgtide_postgres::connect::connect_with_options(
             &self.task.source.url,
             Side::Source,
-            &replication_session_options(&self.setup.target),
+            &self.decoding_options(),
         )
         .await
     }
 
-    /// A new session on the source with a prefetch from `from` on a copy of the slot.
+    /// Startup options of the sessions that decode: the settings the text forms of decoded
+    /// values depend on ([`replication_session_options`]) and room in memory for what a
+    /// chunk decodes into.
+    ///
+    /// The functions collect a chunk's output in a tuple store before returning its first
+    /// row; past `work_mem` (4 MB by default) the store spills to a temporary file, which the
+    /// server writes and reads back: 15% of the decoding time of a 32 MB pgbench chunk
+    /// (whose ~330k messages take ~30 MB in the store). Twice the chunk size, at most
+    /// 256 MB, covers that; the memory is held by this one session while a chunk is returned.
+    fn decoding_options(&self) -> String {
+        let work_mem_kb = (self.settings.chunk.saturating_mul(2) >> 10).clamp(4 << 10, 256 << 10);
+        format!(
+            "{} -c work_mem={work_mem_kb}kB",
+            replication_session_options(&self.setup.target)
+        )
+    }
+
+    /// A prefetch from `from` on a copy of the slot, on a session and a thread of its own.
     async fn start_prefetch(
         &self,
         from: Lsn,
         plan: peek::PrefetchPlan,
         options: &[(&str, String)],
     ) -> Result<peek::Prefetch> {
-        let session = self.decoding_session().await?;
-        peek::Prefetch::start(session, &self.setup.slot, from, plan, options).await
+        peek::Prefetch::start(
+            &self.task.source.url,
+            &self.decoding_options(),
+            &self.setup.slot,
+            from,
+            plan,
+            options,
+        )
+        .await
     }
 
-    /// Leave the catch-up with `stop`: commit what was handed to the applier, move the slot to
-    /// it, show it (caught up when the end LSN was reached).
-    async fn finish<A: Applier>(
-        &mut self,
-        applier: &mut A,
-        control: &Arc<tokio_postgres::Client>,
-        stop: Stop,
-    ) -> Result<Option<Stop>> {
+    /// Leave the catch-up with `stop`: commit what was handed to the applier, wait for a move
+    /// of the slot still running (the caller confirms the rest through the replication
+    /// protocol, which needs the slot free), show it (caught up when the end LSN was reached).
+    async fn finish<A: Applier>(&mut self, applier: &mut A, stop: Stop) -> Result<Option<Stop>> {
         applier.commit_batch().await?;
-        self.move_slot(control, applier.confirmable()).await?;
+        self.settle_move().await?;
         self.publish(applier, matches!(stop, Stop::EndLsn(_)));
         Ok(Some(stop))
     }
@@ -722,7 +771,9 @@ impl CatchUpRun<'_> {
         client: &Arc<tokio_postgres::Client>,
         to: Lsn,
     ) -> Result<()> {
-        if self.moving.as_ref().is_some_and(|m| !m.0.is_finished()) {
+        if self.moving.as_ref().is_some_and(|m| !m.0.is_finished())
+            || to.0.saturating_sub(self.slot_confirmed.0) < MOVE_SLOT_EVERY
+        {
             return Ok(());
         }
         self.settle_move().await?;

@@ -512,6 +512,32 @@ impl WalStream for LogicalStream {
 }
 
 impl LogicalStream {
+    /// Confirm `flush` and end the stream, returning once the server has taken the position
+    /// and released the slot.
+    ///
+    /// The walsender sets the slot's confirmed position to what a status update says without
+    /// decoding the WAL up to it (unlike `pg_replication_slot_advance`, which decodes from the
+    /// slot's `restart_lsn`), and the update is read before the `CopyDone` that follows it,
+    /// so once the server's `ReadyForQuery` arrives the position is in place. It is kept in
+    /// the server's memory (written out with the slot's next save), as for every consumer of
+    /// the replication protocol: a crash of the source can move it back, never forward.
+    pub async fn confirm_and_end(mut self, flush: Lsn) -> Result<()> {
+        self.send_status(flush, flush, false).await?;
+        frontend::copy_done(&mut self.client.wbuf);
+        self.client.flush().await?;
+        loop {
+            match self.client.next_backend().await? {
+                Backend::ReadyForQuery => return Ok(()),
+                Backend::Error(e) => {
+                    return Err(server_err("ending the replication stream", &e));
+                }
+                // What the server sent before it read the end (changes after `flush`,
+                // keepalives), its own CopyDone, CommandComplete, notices.
+                _ => {}
+            }
+        }
+    }
+
     /// Keep reading in a background task while the caller applies: the server's decoding of
     /// later changes overlaps with the target's work on earlier ones, instead of waiting behind
     /// it. Up to `budget` bytes of received messages wait in the queue; past that the reader
