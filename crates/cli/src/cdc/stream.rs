@@ -269,13 +269,30 @@ async fn stream_into<A: Applier>(
             // before it, which `pg_replication_slot_advance` does from the slot's
             // `restart_lsn` (that trails by up to a running-xacts interval: 0.1–0.45 s at the
             // end of a drain, all of it in the run's time).
+            // Best effort: what is applied is on the target with its checkpoint, and a slot
+            // left behind only makes the next run re-read (and skip) what it already has, so a
+            // failure here must not turn a clean stop into an error.
             let to = applier.confirmable();
             if to > catch.slot_confirmed {
-                repl.start_logical(&setup.slot, to, &options)
-                    .await
-                    .map_err(pgtide_postgres::slot::busy_is_transient)?
-                    .confirm_and_end(to)
-                    .await?;
+                let confirm = async {
+                    repl.start_logical(&setup.slot, to, &options)
+                        .await?
+                        .confirm_and_end(to)
+                        .await
+                };
+                let failed = match tokio::time::timeout(Duration::from_secs(30), confirm).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.report()),
+                    Err(_) => Some("no answer within 30 s".to_string()),
+                };
+                if let Some(why) = failed {
+                    tracing::warn!(
+                        slot = %setup.slot,
+                        at = %catch.slot_confirmed,
+                        applied = %to,
+                        "the slot could not be confirmed up to what is applied ({why}); it stays behind, and the next run re-reads and skips what the target already has"
+                    );
+                }
             }
             return Ok(stop);
         }

@@ -36,11 +36,10 @@
 //! applies. [`Prefetch`] decodes ahead instead, on a *copy* of the slot
 //! (`pg_copy_logical_replication_slot`, PostgreSQL 12+): a temporary slot owned by a session
 //! of its own, consumed chunk after chunk with `pg_logical_slot_get_binary_changes`. `get`
-//! moves the copy to the end of what it decoded, so the next chunk starts there and no WAL is
-//! decoded twice (an earlier design peeked a fresh copy per chunk, moved to the chunk's start
-//! by a fast-forward decode from the task's slot: that re-read up to two chunks of WAL per
-//! chunk, and the next chunk's decoding only started when the previous one was being
-//! applied). The copy may run ahead of the target because nothing ever resumes from it: it
+//! moves the copy to the end of what it decoded, so the next chunk starts there (an earlier
+//! design peeked a fresh copy per chunk, moved to the chunk's start by a fast-forward decode
+//! from the task's slot: that re-read up to two chunks of WAL per chunk, and the next chunk's
+//! decoding only started when the previous one was being applied). The copy may run ahead of the target because nothing ever resumes from it: it
 //! disappears with its session (also when pgtide dies), and the task's own slot still moves
 //! only to durable positions.
 //!
@@ -57,7 +56,15 @@
 //! after its whole chunk is decoded, so the applier waits whenever decoding a chunk takes
 //! longer than applying what the buffer holds. Smaller chunks shorten that wait but make each
 //! `get` re-read more: decoding restarts at the copy's `restart_lsn`, which only moves to
-//! `xl_running_xacts` records (every 15 s on an idle-free primary).
+//! `xl_running_xacts` records (every 15 s on an idle-free primary) and then to where the
+//! oldest transaction open at that record began, i.e. about one interval back. Every `get`
+//! decodes that stretch again before its own chunk (measured on a pgbench backlog: 8 chunks of
+//! 32 MB took 1.6 s of decoding on the source, one `get` of all of it 1.1 s).
+//!
+//! The rows are received on a thread of its own (with its own runtime and the session's
+//! connection task): on the applier's thread, receiving a 32 MB chunk's ~330k rows took 0.3 s,
+//! in which the source did not decode the next chunk. They are copied into shared blocks and
+//! handed over in batches, one budget permit and one channel message per batch.
 //!
 //! Large transactions are spilled to disk by the server's reorder buffer and its tuple store,
 //! not held in memory, and the rows come through a bounded buffer, so pgtide's memory stays
