@@ -280,17 +280,17 @@ async fn stream_into<A: Applier>(
                         .confirm_and_end(to)
                         .await
                 };
-                let failed = match tokio::time::timeout(Duration::from_secs(30), confirm).await {
+                let failed = match tokio::time::timeout(Duration::from_secs(10), confirm).await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.report()),
-                    Err(_) => Some("no answer within 30 s".to_string()),
+                    Err(_) => Some("no answer within 10 s".to_string()),
                 };
                 if let Some(why) = failed {
                     tracing::warn!(
                         slot = %setup.slot,
                         at = %catch.slot_confirmed,
                         applied = %to,
-                        "the slot could not be confirmed up to what is applied ({why}); it stays behind, and the next run re-reads and skips what the target already has"
+                        "the slot could not be confirmed up to what is applied ({why}); it may stay behind, and then the next run re-reads and skips what the target already has"
                     );
                 }
             }
@@ -501,7 +501,8 @@ impl CatchUpRun<'_> {
     /// to be streamed. A chunk boundary does not end the batch: the open batch carries the
     /// chunk's end as its confirmed position and the next chunk's transactions join it; the
     /// slot is only ever moved to what is durable (in the background while chunks are
-    /// applied), and every way out commits and moves it first.
+    /// applied), and every way out commits first (and moves the slot before streaming; at a
+    /// stop the caller confirms it through the replication protocol).
     async fn run<A: Applier>(
         &mut self,
         applier: &mut A,
@@ -564,14 +565,7 @@ impl CatchUpRun<'_> {
                     Some(end) => end.min(head),
                     None => head,
                 };
-                if limit <= position
-                    || !peek::rest_is_a_chunk(
-                        self.setup.end_lsn,
-                        head,
-                        position,
-                        self.settings.from,
-                    )
-                {
+                if !peek::rest_is_a_chunk(self.setup.end_lsn, head, position, self.settings.from) {
                     self.move_slot(&control, applier.confirmable()).await?;
                     return Ok(None);
                 }
@@ -644,7 +638,8 @@ impl CatchUpRun<'_> {
                         .end_lsn
                         .filter(|&end| commit_position(&data).is_some_and(|c| c >= end));
                     if end.is_some() || stopping {
-                        // The control session must be free of the chunk's rows first.
+                        // The chunk's decoding stops here (on the task's slot it would hold
+                        // the slot that the stop then confirms).
                         drop(on_slot);
                         drop(prefetch.take());
                         let stop = end.map(Stop::EndLsn).unwrap_or(Stop::Signal);

@@ -520,7 +520,8 @@ impl LogicalStream {
     /// slot's `restart_lsn`), and the update is read before the `CopyDone` that follows it,
     /// so once the server's `ReadyForQuery` arrives the position is in place. It is kept in
     /// the server's memory (written out with the slot's next save), as for every consumer of
-    /// the replication protocol: a crash of the source can move it back, never forward.
+    /// the replication protocol: a crash of the source, or before PostgreSQL 17 any restart,
+    /// can move it back, never forward.
     pub async fn confirm_and_end(mut self, flush: Lsn) -> Result<()> {
         self.send_status(flush, flush, false).await?;
         frontend::copy_done(&mut self.client.wbuf);

@@ -21,9 +21,10 @@
 //!   `upto_lsn` is in this chunk or an earlier one.
 //! * The caller applies a chunk and records its end in the target transaction that commits
 //!   its last changes (with the checkpoint, as for streamed changes; that batch may go on
-//!   with the next chunk's transactions). It moves the slot with
-//!   `pg_replication_slot_advance` only to what the target made durable, never further. A
-//!   crash in between re-reads the chunk, and the applier skips what its checkpoint covers.
+//!   with the next chunk's transactions). It moves the slot (`pg_replication_slot_advance`
+//!   while catching up, a status update through the replication protocol at a stop) only to
+//!   what the target made durable, never further. A crash in between re-reads the chunk, and
+//!   the applier skips what its checkpoint covers.
 //! * The slot is held only while the function decodes (it is released before the rows are
 //!   sent), and a slot held by a walsender makes the function fail with `55006`, which is
 //!   retried like a busy slot at `START_REPLICATION`.
@@ -39,9 +40,9 @@
 //! moves the copy to the end of what it decoded, so the next chunk starts there (an earlier
 //! design peeked a fresh copy per chunk, moved to the chunk's start by a fast-forward decode
 //! from the task's slot: that re-read up to two chunks of WAL per chunk, and the next chunk's
-//! decoding only started when the previous one was being applied). The copy may run ahead of the target because nothing ever resumes from it: it
-//! disappears with its session (also when pgtide dies), and the task's own slot still moves
-//! only to durable positions.
+//! decoding only started when the previous one was being applied). The copy may run ahead of
+//! the target because nothing ever resumes from it: it disappears with its session (also when
+//! pgtide dies), and the task's own slot still moves only to durable positions.
 //!
 //! Where a `get` stops is the same as for `peek`: after the WAL record that reaches `upto`,
 //! leaving the copy confirmed at that record's end; the next `get` skips every transaction
@@ -200,7 +201,7 @@ pub async fn server_position(client: &Client) -> Result<Lsn> {
 pub fn rest_is_a_chunk(end: Option<Lsn>, head: Lsn, position: Lsn, min_backlog: u64) -> bool {
     match end {
         Some(end) if end <= head => end > position,
-        _ => head.0.saturating_sub(position.0) >= min_backlog,
+        _ => head > position && head.0 - position.0 >= min_backlog,
     }
 }
 
@@ -231,7 +232,8 @@ pub struct PrefetchPlan {
     pub first_chunk: u64,
     /// The largest chunk (chunks double up to it).
     pub max_chunk: u64,
-    /// Bytes of decoded messages held in pgtide at most.
+    /// Bytes of decoded messages queued in pgtide (received, not yet taken by the applier)
+    /// at most. What the applier has taken stays until its batch is sent to the target.
     pub budget: usize,
 }
 
@@ -299,22 +301,6 @@ impl Prefetch {
         let (cancel, cancelled) = oneshot::channel::<()>();
         let head = Arc::new(AtomicU64::new(from.0));
         let seen = head.clone();
-        let work = async move {
-            let budget = Arc::new(Semaphore::new(plan.budget.max(1)));
-            match start_copy(&url, &session_options, &slot, from).await {
-                Err(e) => {
-                    let _ = started_tx.send(Err(e));
-                }
-                Ok((session, copy)) => {
-                    let _ = started_tx.send(Ok(()));
-                    if let Err(e) =
-                        prefetch(&session, &copy, from, plan, &flat, &budget, &seen, &tx).await
-                    {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            }
-        };
         std::thread::Builder::new()
             .name("pgtide-decode".into())
             .spawn(move || {
@@ -323,10 +309,28 @@ impl Prefetch {
                     .build()
                 {
                     Ok(rt) => rt,
-                    // `started_tx` is dropped with `work`: the caller sees the thread end.
                     Err(e) => {
-                        tracing::warn!("cannot start the read-ahead's runtime: {e}");
+                        let _ = started_tx.send(Err(Error::internal(format!(
+                            "cannot start the read-ahead's runtime: {e}"
+                        ))));
                         return;
+                    }
+                };
+                let work = async move {
+                    let budget = Arc::new(Semaphore::new(plan.budget.max(1)));
+                    match start_copy(&url, &session_options, &slot, from).await {
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                        }
+                        Ok((session, copy)) => {
+                            let _ = started_tx.send(Ok(()));
+                            if let Err(e) =
+                                prefetch(&session, &copy, from, plan, &flat, &budget, &seen, &tx)
+                                    .await
+                            {
+                                let _ = tx.send(Err(e));
+                            }
+                        }
                     }
                 };
                 // The session's connection task lives on this runtime and ends with it.
@@ -355,15 +359,18 @@ impl Prefetch {
         Lsn(self.head.load(Ordering::Relaxed))
     }
 
-    /// The next message, chunk end or end of the prefetch.
+    /// The next message, chunk end or end of the prefetch. Cancel-safe: dropping the future
+    /// before it returns loses nothing.
     pub async fn next(&mut self) -> Result<Prefetched> {
         loop {
-            if let Some(data) = self.ready.pop_front() {
+            if !self.ready.is_empty() {
                 // One unit of the task's cooperative budget per message, as a channel receive
                 // would take: without it the applier ran through whole batches without ever
                 // yielding, and the target's executor task (on the same thread) waited ~20 ms
-                // to send each batch's first statement.
+                // to send each batch's first statement. Taken before the message leaves the
+                // queue: a caller that drops this future while it yields loses nothing.
                 tokio::task::consume_budget().await;
+                let data = self.ready.pop_front().expect("the queue is not empty");
                 return Ok(Prefetched::Message(data));
             }
             // The batch is all the applier's: its share of the budget is free again.
@@ -441,7 +448,7 @@ async fn prefetch(
         let head = server_position(session).await?;
         seen.store(head.0, Ordering::Relaxed);
         let limit = plan.end.map_or(head, |e| e.min(head));
-        if limit <= position || !rest_is_a_chunk(plan.end, head, position, plan.min_backlog) {
+        if !rest_is_a_chunk(plan.end, head, position, plan.min_backlog) {
             let _ = tx.send(Ok(Item::Done));
             return Ok(());
         }
@@ -547,5 +554,8 @@ mod tests {
         // An end still ahead of the server: as without one.
         assert!(rest_is_a_chunk(Some(Lsn(5000)), head, Lsn(900), min));
         assert!(!rest_is_a_chunk(Some(Lsn(5000)), head, Lsn(990), min));
+        // Nothing left is never a chunk, not even with no minimum.
+        assert!(!rest_is_a_chunk(None, head, head, 0));
+        assert!(rest_is_a_chunk(None, head, Lsn(999), 0));
     }
 }
