@@ -264,35 +264,9 @@ async fn stream_into<A: Applier>(
             moving: None,
         };
         if let Some(stop) = catch.run(&mut applier, &mut asm, &options, start).await? {
-            // The slot is moved to what the catch-up applied through the replication
-            // protocol: a status update sets the confirmed position without decoding the WAL
-            // before it, which `pg_replication_slot_advance` does from the slot's
-            // `restart_lsn` (that trails by up to a running-xacts interval: 0.1–0.45 s at the
-            // end of a drain, all of it in the run's time).
-            // Best effort: what is applied is on the target with its checkpoint, and a slot
-            // left behind only makes the next run re-read (and skip) what it already has, so a
-            // failure here must not turn a clean stop into an error.
             let to = applier.confirmable();
             if to > catch.slot_confirmed {
-                let confirm = async {
-                    repl.start_logical(&setup.slot, to, &options)
-                        .await?
-                        .confirm_and_end(to)
-                        .await
-                };
-                let failed = match tokio::time::timeout(Duration::from_secs(10), confirm).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.report()),
-                    Err(_) => Some("no answer within 10 s".to_string()),
-                };
-                if let Some(why) = failed {
-                    tracing::warn!(
-                        slot = %setup.slot,
-                        at = %catch.slot_confirmed,
-                        applied = %to,
-                        "the slot could not be confirmed up to what is applied ({why}); it may stay behind, and then the next run re-reads and skips what the target already has"
-                    );
-                }
+                confirm_at_stop(repl, &setup.slot, &options, catch.slot_confirmed, to).await;
             }
             return Ok(stop);
         }
@@ -814,6 +788,41 @@ async fn finish_at_end<S: WalStream, A: Applier>(
     confirm(stream, applier, asm, applier.confirmable(), false).await?;
     publish(status, applier, true);
     Ok(Stop::EndLsn(end))
+}
+
+/// Confirm the slot up to `to` (what the catch-up applied) when the run stops, through the
+/// replication protocol: a status update sets the confirmed position without decoding the WAL
+/// before it, which `pg_replication_slot_advance` does from the slot's `restart_lsn` (that
+/// trails by up to a running-xacts interval: 0.1–0.45 s at the end of a drain, all of it in
+/// the run's time). Best effort: what is applied is on the target with its checkpoint, and a
+/// slot left `at` only makes the next run re-read (and skip) what it already has, so a failure
+/// here must not turn a clean stop into an error.
+async fn confirm_at_stop(
+    repl: ReplicationClient,
+    slot: &str,
+    options: &[(&str, String)],
+    at: Lsn,
+    to: Lsn,
+) {
+    let confirm = async {
+        repl.start_logical(slot, to, options)
+            .await?
+            .confirm_and_end(to)
+            .await
+    };
+    let failed = match tokio::time::timeout(Duration::from_secs(10), confirm).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.report()),
+        Err(_) => Some("no answer within 10 s".to_string()),
+    };
+    if let Some(why) = failed {
+        tracing::warn!(
+            slot,
+            %at,
+            applied = %to,
+            "the slot could not be confirmed up to what is applied ({why}); it may stay behind, and then the next run re-reads and skips what the target already has"
+        );
+    }
 }
 
 /// Show the applier's progress in the status (terminal, `pgtide status`).

@@ -111,10 +111,7 @@ impl PeekChunk {
         read_ahead: usize,
     ) -> Result<PeekChunk> {
         let what = format!("decoding replication slot {slot} up to {upto} on the source");
-        let flat: Vec<String> = options
-            .iter()
-            .flat_map(|(k, v)| [k.to_string(), v.clone()])
-            .collect();
+        let flat = plugin_options(options);
         let upto_text = upto.to_string();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&slot, &upto_text, &flat];
         let rows = client
@@ -124,8 +121,9 @@ impl PeekChunk {
         let (tx, rx) = mpsc::channel(read_ahead.max(1));
         let reader = tokio::spawn(async move {
             let mut rows = std::pin::pin!(rows);
+            let mut arena = BytesMut::new();
             while let Some(row) = rows.next().await {
-                let item = message(row, &what);
+                let item = message(&mut arena, row, &what);
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     return;
@@ -141,17 +139,33 @@ impl PeekChunk {
     }
 }
 
-/// One decoded message from a row of the decoding functions (`data bytea`).
+/// The pgoutput options as the decoding functions take them (`VARIADIC text[]`: name, value,
+/// name, value, ...).
+fn plugin_options(options: &[(&str, String)]) -> Vec<String> {
+    options
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.clone()])
+        .collect()
+}
+
+/// One decoded message from a row of the decoding functions (`data bytea`), copied into
+/// `arena`: messages are cut from shared blocks, one allocation per block instead of one per
+/// message.
 fn message(
+    arena: &mut BytesMut,
     row: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
     what: &str,
 ) -> Result<Bytes> {
-    row.map_err(|e| busy_is_transient(classify(e, what)))
-        .and_then(|r| {
-            r.try_get::<_, &[u8]>(0)
-                .map(Bytes::copy_from_slice)
-                .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))
-        })
+    let row = row.map_err(|e| busy_is_transient(classify(e, what)))?;
+    let data: &[u8] = row
+        .try_get(0)
+        .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))?;
+    if arena.capacity() - arena.len() < data.len() {
+        // A new block: the old one is freed once the messages cut from it are dropped.
+        *arena = BytesMut::with_capacity(ARENA_BLOCK.max(data.len()));
+    }
+    arena.extend_from_slice(data);
+    Ok(arena.split().freeze())
 }
 
 /// Move the slot's confirmed position to `to`, or leave it where it is when it is already
@@ -253,8 +267,7 @@ const BATCH_MESSAGES: usize = 512;
 /// server has sent nothing more for now).
 const BATCH_BYTES: usize = 256 << 10;
 
-/// Messages are copied out of their rows into blocks of this size, one allocation per block
-/// instead of one per message.
+/// Messages are copied out of their rows into blocks of this size ([`message`]).
 const ARENA_BLOCK: usize = 256 << 10;
 
 /// Chunks decoded one after the other, ahead of the applier, on a temporary copy of the slot
@@ -290,10 +303,7 @@ impl Prefetch {
         plan: PrefetchPlan,
         options: &[(&str, String)],
     ) -> Result<Prefetch> {
-        let flat: Vec<String> = options
-            .iter()
-            .flat_map(|(k, v)| [k.to_string(), v.clone()])
-            .collect();
+        let flat = plugin_options(options);
         let (url, session_options, slot) =
             (url.clone(), session_options.to_string(), slot.to_string());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -477,7 +487,7 @@ async fn prefetch(
                 }
             };
             let Some(row) = row else { break };
-            let data = copy_out(&mut arena, row, &what)?;
+            let data = message(&mut arena, row, &what)?;
             batch_bytes += data.len();
             batch.push(data);
             let full = batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES;
@@ -518,24 +528,6 @@ async fn send_batch(
     Ok(tx
         .send(Ok(Item::Messages(std::mem::take(batch), permit)))
         .is_ok())
-}
-
-/// One decoded message from a row of `get` (`data bytea`), copied into `arena`.
-fn copy_out(
-    arena: &mut BytesMut,
-    row: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
-    what: &str,
-) -> Result<Bytes> {
-    let row = row.map_err(|e| busy_is_transient(classify(e, what)))?;
-    let data: &[u8] = row
-        .try_get(0)
-        .map_err(|e| Error::internal(format!("{what}: unexpected row: {e}")))?;
-    if arena.capacity() - arena.len() < data.len() {
-        // A new block: the old one is freed once the messages cut from it are dropped.
-        *arena = BytesMut::with_capacity(ARENA_BLOCK.max(data.len()));
-    }
-    arena.extend_from_slice(data);
-    Ok(arena.split().freeze())
 }
 
 #[cfg(test)]
