@@ -9,11 +9,16 @@
 #     and pgcopydb's slot are created at the same quiet moment over identical target copies; one
 #     `pgbench -T $SECONDS` backlog accumulates in all three; then each drains it in turn:
 #     `pgtide run --end-lsn`, `ALTER SUBSCRIPTION ... ENABLE`, `pgcopydb follow --endpos`.
-#     Drain rates are printed as ratios to native logical replication's.
+#     Drain rates are printed as ratios to native logical replication's. The drains of pgtide
+#     and of native replication are repeated `DRAIN_RUNS` times (default 3) from a saved copy of
+#     both servers taken once the backlog is written (same backlog, same target copies), in
+#     alternating order; every pair's ratio is printed, and the median one is the result. On a
+#     shared 2-core machine one pair's ratio varies by about ±15% from run to run.
 #
 #   bench/cdc.sh                 # the issue's run: 60 s of pgbench, scale 10
 #   SECONDS_RUN=10 bench/cdc.sh  # a quick one
 #   SKIP_STEADY=1 bench/cdc.sh   # only (b), e.g. while working on the drain
+#   DRAIN_RUNS=1 bench/cdc.sh    # one drain each (the servers' copy is then not needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -49,6 +54,9 @@ mkdir -p "$WORK"
 [ "$(id -u)" -eq 0 ] && chown "${PGTIDE_TEST_USER:-postgres}" "$WORK"
 start_cluster() { # name port
     "${runas[@]}" "$BIN/initdb" -D "$WORK/$1" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+    start_server "$@"
+}
+start_server() { # name port
     "${runas[@]}" "$BIN/pg_ctl" -D "$WORK/$1" -l "$WORK/$1.log" -w start -o \
         "-p $2 -k $WORK -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_size=8GB \
          -c checkpoint_timeout=30min -c shared_buffers=512MB -c max_replication_slots=20 \
@@ -60,7 +68,7 @@ ps() { "$BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$WORK" -p "$SPORT" -U post
 pd() { "$BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$WORK" -p "$DPORT" -U postgres "$@"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 pgbench_run() { # seconds -> prints tps
     "$BIN/pgbench" -n -c 4 -j 2 -T "$1" -h "$WORK" -p "$SPORT" -U postgres src 2>/dev/null \
         | awk '/^tps/ { printf "%.0f", $3; exit }'
@@ -185,49 +193,84 @@ even_start() { # database
 
 # CPU is accounted per server (postmaster, live backends, reaped ones) and for pgtide's process,
 # so that a drain's time can be told apart into decoding on the source, pgtide and applying.
-even_start drain_pgtide
-mark=$(cpu_mark)
-t0=$(now)
-/usr/bin/time -f "%U %S" -o "$WORK/drain.cpu" "$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
-T_PGTIDE=$(secs "$t0" "$(now)")
-CPU_PGTIDE="$(cpu_since "$mark"), pgtide $(awk '{ printf "%.1f", $1 + $2 }' "$WORK/drain.cpu") CPU-s"
-echo "    pgtide: ${T_PGTIDE}s ($CPU_PGTIDE)"
-even_start drain_native
-mark=$(cpu_mark)
-t0=$(now)
-pd -d drain_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
-until [ "$(lsn_ge "$(ps -d src -c "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'native_sub'")" "$END")" = t ]; do sleep 0.05; done
-T_NATIVE=$(secs "$t0" "$(now)")
-CPU_NATIVE=$(cpu_since "$mark")
-echo "    native logical replication: ${T_NATIVE}s ($CPU_NATIVE)"
-T_PGCOPYDB="-"
-if [ "$PGCOPYDB_OK" = 1 ]; then
-    even_start drain_pgcopydb
-    t0=$(now)
-    # pgcopydb follow can hang after its own errors and exits 0 when killed, so it gets a deadline
-    # (ten times the native drain, at least 120 s), its log is searched for errors, and its target
-    # is compared with the source like the others before its time counts.
-    deadline=$(awk -v t="$T_NATIVE" 'BEGIN { d = int(t * 10); print (d < 120 ? 120 : d) }')
-    rc=0
-    timeout "$deadline" pgcopydb follow --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb-follow.log" 2>&1 || rc=$?
-    T_ELAPSED=$(secs "$t0" "$(now)")
-    if [ "$rc" = 124 ]; then
-        echo "    pgcopydb follow did not reach the end LSN within ${deadline}s (killed); first error: $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log" | cut -c1-160)"
-    elif [ "$rc" != 0 ] || grep -qE ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log"; then
-        echo "    pgcopydb follow failed (exit $rc): $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log")"
-    else
-        T_PGCOPYDB=$T_ELAPSED
-        echo "    pgcopydb follow: ${T_PGCOPYDB}s"
-    fi
-fi
-DBS="drain_pgtide drain_native"
-[ "$T_PGCOPYDB" != "-" ] && DBS="$DBS drain_pgcopydb"
-for db in $DBS; do
-    for q in "SELECT count(*), sum(abalance) FROM pgbench_accounts" "SELECT count(*), max(id) FROM pgbench_history"; do
-        a=$(ps -d src -c "$q"); b=$(pd -d "$db" -c "$q")
-        [ "$a" = "$b" ] || echo "    WARNING: $db differs from the source for: $q ($b vs $a)"
+drain_pgtide() {
+    even_start drain_pgtide
+    local mark t0; mark=$(cpu_mark); t0=$(now)
+    /usr/bin/time -f "%U %S" -o "$WORK/drain.cpu" "$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$END" >"$WORK/drain.out"
+    T_PGTIDE=$(secs "$t0" "$(now)")
+    CPU_PGTIDE="$(cpu_since "$mark"), pgtide $(awk '{ printf "%.1f", $1 + $2 }' "$WORK/drain.cpu") CPU-s"
+    echo "    pgtide: ${T_PGTIDE}s ($CPU_PGTIDE)"
+}
+drain_native() {
+    even_start drain_native
+    local mark t0; mark=$(cpu_mark); t0=$(now)
+    pd -d drain_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
+    until [ "$(lsn_ge "$(ps -d src -c "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'native_sub'")" "$END")" = t ]; do sleep 0.05; done
+    T_NATIVE=$(secs "$t0" "$(now)")
+    CPU_NATIVE=$(cpu_since "$mark")
+    echo "    native logical replication: ${T_NATIVE}s ($CPU_NATIVE)"
+}
+check_identical() { # databases...
+    local db q a b
+    for db in "$@"; do
+        for q in "SELECT count(*), sum(abalance) FROM pgbench_accounts" "SELECT count(*), max(id) FROM pgbench_history"; do
+            a=$(ps -d src -c "$q"); b=$(pd -d "$db" -c "$q")
+            [ "$a" = "$b" ] || echo "    WARNING: $db differs from the source for: $q ($b vs $a)"
+        done
     done
+}
+stop_servers() { # mode
+    for d in src dst; do "${runas[@]}" "$BIN/pg_ctl" -D "$WORK/$d" -m "$1" -w stop >/dev/null; done
+}
+
+# Both servers are saved once the backlog is written (a clean shutdown, so the copy is
+# consistent); each later pair of drains starts from that copy, on freshly started servers like
+# the first. The first pair runs pgtide first, the next native first, and so on.
+DRAIN_RUNS=${DRAIN_RUNS:-3}
+if [ "$DRAIN_RUNS" -gt 1 ]; then
+    stop_servers fast
+    mkdir -p "$WORK/saved"
+    cp -a "$WORK/src" "$WORK/dst" "$WORK/saved/"
+    start_server src "$SPORT"; start_server dst "$DPORT"
+fi
+T_PGCOPYDB="-"
+RATIOS=() T_PGTIDE_ALL=() T_NATIVE_ALL=() CPU_PGTIDE_ALL=() CPU_NATIVE_ALL=()
+for run in $(seq "$DRAIN_RUNS"); do
+    if [ "$run" -gt 1 ]; then
+        stop_servers immediate
+        rm -rf "$WORK/src" "$WORK/dst"
+        cp -a "$WORK/saved/src" "$WORK/saved/dst" "$WORK/"
+        start_server src "$SPORT"; start_server dst "$DPORT"
+    fi
+    echo "  drain pair $run of $DRAIN_RUNS"
+    if [ $((run % 2)) = 1 ]; then drain_pgtide; drain_native; else drain_native; drain_pgtide; fi
+    check_identical drain_pgtide drain_native
+    RATIOS+=("$(ratio "$T_NATIVE" "$T_PGTIDE")")
+    T_PGTIDE_ALL+=("$T_PGTIDE") T_NATIVE_ALL+=("$T_NATIVE") CPU_PGTIDE_ALL+=("$CPU_PGTIDE") CPU_NATIVE_ALL+=("$CPU_NATIVE")
+    if [ "$run" = 1 ] && [ "$PGCOPYDB_OK" = 1 ]; then
+        even_start drain_pgcopydb
+        t0=$(now)
+        # pgcopydb follow can hang after its own errors and exits 0 when killed, so it gets a
+        # deadline (ten times the native drain, at least 120 s), its log is searched for errors,
+        # and its target is compared with the source like the others before its time counts.
+        deadline=$(awk -v t="$T_NATIVE" 'BEGIN { d = int(t * 10); print (d < 120 ? 120 : d) }')
+        rc=0
+        timeout "$deadline" pgcopydb follow --dir "$WORK/pgcopydb" --resume --not-consistent --endpos "$END" >"$WORK/pgcopydb-follow.log" 2>&1 || rc=$?
+        T_ELAPSED=$(secs "$t0" "$(now)")
+        if [ "$rc" = 124 ]; then
+            echo "    pgcopydb follow did not reach the end LSN within ${deadline}s (killed); first error: $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log" | cut -c1-160)"
+        elif [ "$rc" != 0 ] || grep -qE ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log"; then
+            echo "    pgcopydb follow failed (exit $rc): $(grep -m1 -E ' (ERROR|FATAL) |BUG:' "$WORK/pgcopydb-follow.log")"
+        else
+            T_PGCOPYDB=$T_ELAPSED
+            echo "    pgcopydb follow: ${T_PGCOPYDB}s"
+            check_identical drain_pgcopydb
+        fi
+    fi
 done
+# The median pair (by ratio) gives the reported times.
+MID=$(for i in "${!RATIOS[@]}"; do echo "${RATIOS[$i]} $i"; done | sort -n | awk -v n="${#RATIOS[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+T_PGTIDE=${T_PGTIDE_ALL[$MID]} T_NATIVE=${T_NATIVE_ALL[$MID]} CPU_PGTIDE=${CPU_PGTIDE_ALL[$MID]} CPU_NATIVE=${CPU_NATIVE_ALL[$MID]}
 
 rate() { awk -v n="$TXNS" -v t="$1" 'BEGIN { if (t == "-" || t == 0) print "-"; else printf "%.0f", n / t }'; }
 cat <<EOF
@@ -236,9 +279,9 @@ change data capture on $(nproc) cores, pgbench scale $SCALE, $RUN s runs
 (a) steady state: source $TPS_ALONE tps alone, $TPS_WITH tps with pgtide attached ($(ratio "$TPS_WITH" "$TPS_ALONE")x)
     lag p50 $(percentile "$WORK/lag.txt" 50) s, p99 $(percentile "$WORK/lag.txt" 99) s (target: p99 < 1 s); caught up ${T_CATCHUP} s after pgbench stopped
     2M-row transaction applied in ${T_BULK} s; pgtide peak RSS $RSS_MB MB (target: < 256 MB)
-(b) drain of $TXNS transactions ($BACKLOG of WAL):
+(b) drain of $TXNS transactions ($BACKLOG of WAL), $DRAIN_RUNS pairs of drains; the median pair:
     pgtide            ${T_PGTIDE} s   $(rate "$T_PGTIDE") txn/s   ($CPU_PGTIDE)
     native (SUBSCRIPTION) ${T_NATIVE} s   $(rate "$T_NATIVE") txn/s   ($CPU_NATIVE)
-    pgtide drain rate = $(ratio "$T_NATIVE" "$T_PGTIDE")x native (target >= 2)
+    pgtide drain rate = $(ratio "$T_NATIVE" "$T_PGTIDE")x native (target >= 2); every pair: ${RATIOS[*]}
     pgcopydb follow   ${T_PGCOPYDB} s   $(rate "$T_PGCOPYDB") txn/s
 EOF
