@@ -12,8 +12,8 @@
 #     Drain rates are printed as ratios to native logical replication's. The drains of pgtide
 #     and of native replication are repeated `DRAIN_RUNS` times (default 3) from a saved copy of
 #     both servers taken once the backlog is written (same backlog, same target copies), in
-#     alternating order; every pair's ratio is printed, and the median one is the result. On a
-#     shared 2-core machine one pair's ratio varies by about ±15% from run to run.
+#     alternating order; every pair's ratio is printed, and the median one is the result. On the
+#     project's shared 2-core machine the pairs of one run have ranged from 1.7x to 3.0x.
 #
 #   bench/cdc.sh                 # the run: 60 s of pgbench, scale 10
 #   SECONDS_RUN=10 bench/cdc.sh  # a quick one
