@@ -303,6 +303,10 @@ async fn stream_into<A: Applier>(
         };
     }
 
+    // One stop-request future for the whole loop: a new one per message registered and
+    // unregistered a waiter (under the notifier's lock) for every message.
+    let stop_requested = shutdown.wait();
+    tokio::pin!(stop_requested);
     loop {
         // Stop points that need the loop to be between source transactions.
         if stopping && !asm.in_transaction() {
@@ -313,7 +317,7 @@ async fn stream_into<A: Applier>(
         }
         tokio::select! {
             biased;
-            _ = shutdown.wait(), if !stopping => {
+            _ = &mut stop_requested, if !stopping => {
                 stopping = true;
                 status.set_phase("stopping");
             }
@@ -589,12 +593,15 @@ impl CatchUpRun<'_> {
                 }
             }
             first = false;
-            // Apply one chunk.
+            // Apply one chunk. One stop-request future per chunk, not one per message.
             let mut stopping = false;
+            let shutdown: &Shutdown = self.shutdown;
+            let stop_requested = shutdown.wait();
+            tokio::pin!(stop_requested);
             let upto = loop {
                 let next = tokio::select! {
                     biased;
-                    _ = self.shutdown.wait(), if !stopping => {
+                    _ = &mut stop_requested, if !stopping => {
                         stopping = true;
                         self.status.set_phase("stopping");
                         continue;
