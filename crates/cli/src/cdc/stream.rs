@@ -595,8 +595,7 @@ impl CatchUpRun<'_> {
             first = false;
             // Apply one chunk. One stop-request future per chunk, not one per message.
             let mut stopping = false;
-            let shutdown: &Shutdown = self.shutdown;
-            let stop_requested = shutdown.wait();
+            let stop_requested = self.shutdown.wait();
             tokio::pin!(stop_requested);
             let upto = loop {
                 let next = tokio::select! {
