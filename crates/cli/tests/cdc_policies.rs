@@ -330,3 +330,65 @@ fn a_slot_older_than_the_publication_is_explained() {
         "3"
     );
 }
+
+/// A row changed on the target behind pgtide's back: the batch that finds the target different
+/// from what the source's changes assume is not committed (not even the parts of it that
+/// applied cleanly, nor its checkpoint), and the task stops saying which table and what to do.
+/// The applier sends a batch's statements ahead of their results; this is what keeps the
+/// `COMMIT` behind the check of every one of them.
+#[test]
+fn a_target_changed_outside_pgtide_stops_the_task_without_committing_the_batch() {
+    let (source, target, dir) = pair();
+    source
+        .psql(
+            "src",
+            "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE TABLE hist (id int PRIMARY KEY, note text); \
+             INSERT INTO acct SELECT g, 0 FROM generate_series(1, 100) g",
+        )
+        .unwrap();
+    let task = cdc_task(dir.path(), "drift", &source, &target, "");
+    let run = Running::start(dir.path(), "drift", &["run", task.to_str().unwrap()], &[]);
+    wait_until(60, "the load", || {
+        phase(&target, "dst", "drift").as_deref() == Some("cdc")
+    });
+    target
+        .psql("dst", "DELETE FROM acct WHERE id = 50")
+        .unwrap();
+    let applied_before = target
+        .psql("dst", "SELECT commit_lsn FROM pgtide.cdc_progress")
+        .unwrap();
+    source
+        .psql(
+            "src",
+            "BEGIN; INSERT INTO hist VALUES (1, 'first'); UPDATE acct SET v = v + 1 WHERE id IN (49, 50, 51); \
+             INSERT INTO hist VALUES (2, 'second'); COMMIT",
+        )
+        .unwrap();
+    let (code, _, err) = run.wait();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("public.acct") && err.contains("no longer matches the source"),
+        "{err}"
+    );
+    assert!(err.contains("re-run the full load"), "{err}");
+    // Nothing of the transaction is on the target, and the checkpoint did not move.
+    assert_eq!(
+        target.psql("dst", "SELECT count(*) FROM hist").unwrap(),
+        "0"
+    );
+    assert_eq!(
+        target
+            .psql(
+                "dst",
+                "SELECT string_agg(v::text, ',' ORDER BY id) FROM acct WHERE id IN (49, 51)"
+            )
+            .unwrap(),
+        "0,0"
+    );
+    assert_eq!(
+        target
+            .psql("dst", "SELECT commit_lsn FROM pgtide.cdc_progress")
+            .unwrap(),
+        applied_before
+    );
+}

@@ -141,6 +141,9 @@ impl Compacted {
         let mut ops: Vec<(Key, Op)> = self.ops.drain().collect();
         ops.sort_unstable_by(|a, b| key_order(&a.0, &b.0));
         let mut d = Drained::default();
+        // Updates of one table nearly always set the same columns: the previous update's
+        // signature is reused instead of allocating one per update.
+        let mut sig: Vec<bool> = Vec::new();
         for (key, op) in ops {
             match op {
                 Op::Insert(r) => d.inserts.push(r),
@@ -150,8 +153,15 @@ impl Compacted {
                     d.inserts.push(r);
                 }
                 Op::Update(p) => {
-                    let sig: Vec<bool> = p.iter().map(Option::is_some).collect();
-                    d.updates.entry(sig).or_default().push((key, p));
+                    if !sig.iter().copied().eq(p.iter().map(Option::is_some)) {
+                        sig = p.iter().map(Option::is_some).collect();
+                    }
+                    match d.updates.get_mut(&sig) {
+                        Some(group) => group.push((key, p)),
+                        None => {
+                            d.updates.insert(sig.clone(), vec![(key, p)]);
+                        }
+                    }
                 }
             }
         }
@@ -174,13 +184,28 @@ pub fn key_order(a: &Key, b: &Key) -> std::cmp::Ordering {
             (None, None) => Ordering::Equal,
             (None, Some(_)) => Ordering::Less,
             (Some(_), None) => Ordering::Greater,
-            (Some(x), Some(y)) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
+            // Equal lengths: the first eight bytes as one big-endian number order like the
+            // bytes themselves, and settle most comparisons of short keys without a memcmp
+            // call (which took 8% of the stream thread, sorting each batch's keys).
+            (Some(x), Some(y)) => x
+                .len()
+                .cmp(&y.len())
+                .then_with(|| prefix(x).cmp(&prefix(y)))
+                .then_with(|| x.cmp(y)),
         };
         if o != Ordering::Equal {
             return o;
         }
     }
     a.len().cmp(&b.len())
+}
+
+/// The first (up to) eight bytes of `v`, big-endian, zero-padded.
+fn prefix(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// One change kept in source order (tables that cannot be compacted).
@@ -369,6 +394,51 @@ mod tests {
             }
             prop_assert_eq!(t, apply_serially(&start, &changes));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn key_order_is_length_then_bytes(
+            a in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12)), 1..3),
+            b in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..12)), 1..3),
+        ) {
+            // The reference: per column NULL first, then shorter first, then the bytes.
+            let reference = a.iter().zip(&b).map(|(x, y)| match (x, y) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
+            }).find(|o| o.is_ne()).unwrap_or_else(|| a.len().cmp(&b.len()));
+            let key = |k: &Vec<Option<Vec<u8>>>| -> Key { k.iter().map(|v| v.clone().map(Bytes::from)).collect() };
+            prop_assert_eq!(key_order(&key(&a), &key(&b)), reference);
+        }
+    }
+
+    #[test]
+    fn updates_are_grouped_by_the_columns_they_set() {
+        let mut buf = Compacted::default();
+        buf.update(vec![b(1)], vec![None, Some(b(1)), Some(b(1))])
+            .unwrap();
+        buf.update(vec![b(2)], vec![None, Some(b(2)), None])
+            .unwrap();
+        buf.update(vec![b(3)], vec![None, Some(b(3)), Some(b(3))])
+            .unwrap();
+        buf.update(vec![b(4)], vec![None, None, Some(b(4))])
+            .unwrap();
+        let d = buf.drain();
+        let groups: Vec<(Vec<bool>, Vec<Key>)> = d
+            .updates
+            .into_iter()
+            .map(|(sig, g)| (sig, g.into_iter().map(|(k, _)| k).collect()))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                (vec![false, false, true], vec![vec![b(4)]]),
+                (vec![false, true, false], vec![vec![b(2)]]),
+                (vec![false, true, true], vec![vec![b(1)], vec![b(3)]]),
+            ]
+        );
     }
 
     #[test]
