@@ -156,8 +156,7 @@ impl Executor {
                     client,
                     "BEGIN",
                     "starting an apply transaction on the target",
-                ))
-                .await;
+                ));
                 *open = true;
             }
             match step {
@@ -170,10 +169,10 @@ impl Executor {
                     let mut prepared = Prepared { client, statements };
                     flush_table(&mut prepared, &mut sent, oid, table, drained, ordered).await?
                 }
-                Step::Sql(sql, what) => sent.push(exec_owned(client, sql, what)).await,
-                Step::Checkpoint(p) => sent.push(write_checkpoint(client, task, p)).await,
-                Step::Confirmed(lsn) => sent.push(write_confirmed(client, task, lsn)).await,
-                Step::Stats(counts) => sent.push(write_stats(client, task, counts)).await,
+                Step::Sql(sql, what) => sent.push(exec_owned(client, sql, what)),
+                Step::Checkpoint(p) => sent.push(write_checkpoint(client, task, p)),
+                Step::Confirmed(lsn) => sent.push(write_confirmed(client, task, lsn)),
+                Step::Stats(counts) => sent.push(write_stats(client, task, counts)),
                 Step::Commit { wait_for_flush } => {
                     sent.finish().await?;
                     if *open {
@@ -214,8 +213,8 @@ impl Executor {
 ///
 /// The connection sends requests in the order they are queued, and a statement's future
 /// queues its request on its first poll, so [`InOrder::push`] polls each future once right
-/// away, in push order, and then yields: the connection task (on the same thread) writes the
-/// request to the socket before the next statement is encoded. After the first failure the
+/// away, in push order; [`InOrder::send`] then yields, and the connection task (on the same
+/// thread) writes the requests to the socket before the next large statement is encoded. After the first failure the
 /// target rejects everything after it in the transaction ("current transaction is aborted");
 /// the first failure in push order is the one reported. Nothing is committed before
 /// [`InOrder::finish`] has seen every result succeed.
@@ -231,13 +230,19 @@ struct InOrder<'a> {
 
 impl<'a> InOrder<'a> {
     /// Queue `statement` on the connection now; its result is taken later.
-    async fn push(&mut self, statement: impl Future<Output = Result<()>> + Send + 'a) {
+    fn push(&mut self, statement: impl Future<Output = Result<()>> + Send + 'a) {
         self.pending.push_back(Box::pin(statement));
         // The first poll encodes the statement and queues it (results that are already in are
         // taken too; the connection wakes the set for the rest).
         while let Some(Some(result)) = self.pending.next().now_or_never() {
             self.record(result);
         }
+    }
+
+    /// Let the connection task write what is queued to the socket now, before more is
+    /// encoded: called after each set-based statement or COPY, not after single-row
+    /// statements, which go out together (one write for many, as before this queue).
+    async fn send(&mut self) {
         tokio::task::yield_now().await;
     }
 
@@ -430,8 +435,8 @@ async fn flush_table<'a>(
                 return Err(diverged(&table.name, "deletes", keys.len(), got));
             }
             Ok(())
-        })
-        .await;
+        });
+        sent.send().await;
     }
     for (sig, group) in drained.updates {
         let set: Vec<usize> = sig
@@ -464,12 +469,12 @@ async fn flush_table<'a>(
                 return Err(diverged(&table.name, "updates", group.len(), got));
             }
             Ok(())
-        })
-        .await;
+        });
+        sent.send().await;
     }
     if !drained.inserts.is_empty() {
-        sent.push(copy_rows(client, table.clone(), drained.inserts))
-            .await;
+        sent.push(copy_rows(client, table.clone(), drained.inserts));
+        sent.send().await;
     }
     // Ordered changes: runs of inserts go by COPY, everything else one statement per row.
     // The changes are ours now: rows move into their run.
@@ -480,8 +485,8 @@ async fn flush_table<'a>(
             continue;
         }
         if !rows.is_empty() {
-            sent.push(copy_rows(client, table.clone(), std::mem::take(&mut rows)))
-                .await;
+            sent.push(copy_rows(client, table.clone(), std::mem::take(&mut rows)));
+            sent.send().await;
         }
         let (stmt, values, what) = single_statement(prepared, sent, oid, &table, change).await?;
         let table = table.clone();
@@ -497,11 +502,11 @@ async fn flush_table<'a>(
                 return Err(diverged(&table.name, what, 1, got));
             }
             Ok(())
-        })
-        .await;
+        });
     }
     if !rows.is_empty() {
-        sent.push(copy_rows(client, table, rows)).await;
+        sent.push(copy_rows(client, table, rows));
+        sent.send().await;
     }
     Ok(())
 }
