@@ -10,7 +10,7 @@
 #     `pgbench -T $SECONDS` backlog accumulates in all three; then each drains it in turn:
 #     `pgtide run --end-lsn`, `ALTER SUBSCRIPTION ... ENABLE`, `pgcopydb follow --endpos`.
 #     Drain rates are printed as ratios to native logical replication's. The drains of pgtide
-#     and of native replication are repeated `DRAIN_RUNS` times (default 3) from a saved copy of
+#     and of native replication are repeated `DRAIN_RUNS` times (default 5) from a saved copy of
 #     both servers taken once the backlog is written (same backlog, same target copies), in
 #     alternating order; every pair's ratio is printed, and the median one is the result. On the
 #     project's shared 2-core machine the pairs of one run have ranged from 1.7x to 3.0x.
@@ -19,6 +19,7 @@
 #   SECONDS_RUN=10 bench/cdc.sh  # a quick one
 #   SKIP_STEADY=1 bench/cdc.sh   # only (b), e.g. while working on the drain
 #   DRAIN_RUNS=1 bench/cdc.sh    # one drain each (the servers' copy is then not needed)
+#   DRAIN_YAML='cdc: { catch_up_chunk_mb: 8 }' bench/cdc.sh   # lines added to the drain's task
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -158,7 +159,8 @@ fi
 echo "==> (b) backlog drain: three consumers start at the same quiet moment"
 for db in drain_pgtide drain_native drain_pgcopydb; do pd -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"; done
 ps -d src -c "TRUNCATE bulk" -c "CHECKPOINT"
-task drain drain_pgtide "tables: { include: [\"public.*\"] }"
+task drain drain_pgtide "tables: { include: [\"public.*\"] }
+${DRAIN_YAML:-}"
 "$PGTIDE" --progress none --quiet run "$WORK/drain.yaml" --end-lsn "$(ps -d src -c 'SELECT pg_current_wal_insert_lsn()')" >/dev/null
 "$BIN/pg_dump" -h "$WORK" -p "$SPORT" -U postgres src | pd -d drain_native >/dev/null
 "$BIN/pg_dump" -h "$WORK" -p "$SPORT" -U postgres src | pd -d drain_pgcopydb >/dev/null
@@ -226,7 +228,7 @@ stop_servers() { # mode
 # Both servers are saved once the backlog is written (a clean shutdown, so the copy is
 # consistent); each later pair of drains starts from that copy, on freshly started servers like
 # the first. The first pair runs pgtide first, the next native first, and so on.
-DRAIN_RUNS=${DRAIN_RUNS:-3}
+DRAIN_RUNS=${DRAIN_RUNS:-5}
 if [ "$DRAIN_RUNS" -gt 1 ]; then
     stop_servers fast
     mkdir -p "$WORK/saved"

@@ -50,7 +50,8 @@
 //! commit record starts in `[upto(k-1), upto(k))`, as with peeked chunks.
 //!
 //! Chunks start small (the applier starts after the first one is decoded) and double up to
-//! `cdc.catch_up_chunk_mb`. The prefetch holds a bounded number of bytes of decoded messages;
+//! `cdc.catch_up_chunk_mb`, and are at least as large as what the next `get` re-reads (below,
+//! [`next_chunk_size`]). The prefetch holds a bounded number of bytes of decoded messages;
 //! when that is full the server waits to send the rest, which bounds pgtide's memory and keeps
 //! the source from decoding arbitrarily far ahead. The overlap is partial: the next `get`
 //! starts once the current chunk's rows are all in pgtide's buffer, and its rows come only
@@ -58,9 +59,11 @@
 //! longer than applying what the buffer holds. Smaller chunks shorten that wait but make each
 //! `get` re-read more: decoding restarts at the copy's `restart_lsn`, which only moves to
 //! `xl_running_xacts` records (every 15 s on an idle-free primary) and then to where the
-//! oldest transaction open at that record began, i.e. about one interval back. Every `get`
+//! oldest transaction open at that record began, i.e. one interval back or more. Every `get`
 //! decodes that stretch again before its own chunk (measured on a pgbench backlog: 8 chunks of
-//! 32 MB took 1.6 s of decoding on the source, one `get` of all of it 1.1 s).
+//! 32 MB took 1.6 s of decoding on the source, one `get` of all of it 1.1 s). On a source that
+//! writes more WAL per interval than a chunk holds, that stretch would dwarf the chunks, so
+//! they grow with it.
 //!
 //! The rows are received on a thread of its own (with its own runtime and the session's
 //! connection task): on the applier's thread, receiving a 32 MB chunk's ~330k rows took 0.3 s,
@@ -502,8 +505,54 @@ async fn prefetch(
             return Ok(());
         }
         position = upto;
-        size = size.saturating_mul(2).min(plan.max_chunk.max(1));
+        let rereads = restart_distance(session, copy).await?;
+        size = next_chunk_size(size, plan.max_chunk, rereads);
+        if rereads > plan.max_chunk {
+            tracing::debug!(
+                slot = copy,
+                rereads,
+                next = size,
+                "the next chunk re-reads more WAL than a chunk holds: a larger chunk"
+            );
+        }
     }
+}
+
+/// Chunks grow up to this many times `max_chunk` to keep up with what each `get` re-reads.
+const REREAD_GROWTH: u64 = 16;
+
+/// The size of the chunk after one of `size`: double, up to `max_chunk`, and at least what the
+/// next `get` re-reads before its own chunk (`rereads`, from the copy's `restart_lsn` to its
+/// confirmed position), up to [`REREAD_GROWTH`] times `max_chunk`.
+///
+/// `restart_lsn` moves only to `xl_running_xacts` records (every 15 s while the server is
+/// busy, and at checkpoints), to where the oldest transaction open at such a record began. On
+/// a source writing much WAL per 15 s, that is far more than a chunk: measured on a backlog
+/// with 138 MB of WAL between two such records, the copy's `restart_lsn` stayed put for six
+/// 32 MB chunks, the last of which re-read 188 MB before its own 32 MB. With chunks at least
+/// as large as what they re-read, the re-reading costs at most as much decoding again as the
+/// chunks themselves.
+pub fn next_chunk_size(size: u64, max_chunk: u64, rereads: u64) -> u64 {
+    let max_chunk = max_chunk.max(1);
+    let doubled = size.saturating_mul(2).min(max_chunk);
+    doubled
+        .max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
+        .max(1)
+}
+
+/// How much WAL the next `get` on `copy` decodes again before its own chunk: from the copy's
+/// `restart_lsn` to its confirmed position.
+async fn restart_distance(session: &Client, copy: &str) -> Result<u64> {
+    let row = session
+        .query_opt(
+            "SELECT pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::int8 \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name",
+            &[&copy],
+        )
+        .await
+        .map_err(|e| classify(e, "reading the read-ahead slot's position on the source"))?;
+    let distance: Option<i64> = row.and_then(|r| r.get(0));
+    Ok(distance.map_or(0, |d| d.max(0) as u64))
 }
 
 /// Hand `batch` over once the budget has room for it (a batch larger than the whole budget
@@ -533,6 +582,21 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_double_to_the_maximum_and_grow_with_what_they_reread() {
+        let mb = 1 << 20;
+        // Doubling up to the maximum while little is re-read.
+        assert_eq!(next_chunk_size(4 * mb, 32 * mb, 0), 8 * mb);
+        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 10 * mb), 32 * mb);
+        // At least what the next chunk re-reads...
+        assert_eq!(next_chunk_size(8 * mb, 32 * mb, 188 * mb), 188 * mb);
+        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 60 * mb), 60 * mb);
+        // ... up to 16 times the maximum.
+        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 4096 * mb), 512 * mb);
+        // Never zero, whatever the settings.
+        assert_eq!(next_chunk_size(0, 0, 0), 1);
+    }
 
     #[test]
     fn the_rest_up_to_a_flushed_end_is_one_more_chunk_however_small() {
