@@ -50,8 +50,8 @@
 //! commit record starts in `[upto(k-1), upto(k))`, as with peeked chunks.
 //!
 //! Chunks start small (the applier starts after the first one is decoded) and double up to
-//! `cdc.catch_up_chunk_mb`, and are at least as large as what the next `get` re-reads (below,
-//! [`next_chunk_size`]). The prefetch holds a bounded number of bytes of decoded messages;
+//! `cdc.catch_up_chunk_mb`, or grow to what the next `get` re-reads when that is more than two
+//! chunks (below, [`next_chunk_size`]). The prefetch holds a bounded number of bytes of decoded messages;
 //! when that is full the server waits to send the rest, which bounds pgtide's memory and keeps
 //! the source from decoding arbitrarily far ahead. The overlap is partial: the next `get`
 //! starts once the current chunk's rows are all in pgtide's buffer, and its rows come only
@@ -521,23 +521,27 @@ async fn prefetch(
 /// Chunks grow up to this many times `max_chunk` to keep up with what each `get` re-reads.
 const REREAD_GROWTH: u64 = 16;
 
-/// The size of the chunk after one of `size`: double, up to `max_chunk`, and at least what the
-/// next `get` re-reads before its own chunk (`rereads`, from the copy's `restart_lsn` to its
-/// confirmed position), up to [`REREAD_GROWTH`] times `max_chunk`.
+/// The size of the chunk after one of `size`: double, up to `max_chunk`; and when the next `get`
+/// re-reads more than two such chunks before its own (`rereads`, from the copy's `restart_lsn`
+/// to its confirmed position), as much as it re-reads, up to [`REREAD_GROWTH`] times
+/// `max_chunk`. Up to two chunks of re-reading are left alone: on the benchmark's pgbench
+/// backlog (a `restart_lsn` one or two intervals back) larger chunks saved source CPU but not
+/// drain time, and the applier waits longer for a larger chunk's first rows.
 ///
 /// `restart_lsn` moves only to `xl_running_xacts` records (every 15 s while the server is
 /// busy, and at checkpoints), to where the oldest transaction open at such a record began. On
 /// a source writing much WAL per 15 s, that is far more than a chunk: measured on a backlog
 /// with 138 MB of WAL between two such records, the copy's `restart_lsn` stayed put for six
 /// 32 MB chunks, the last of which re-read 188 MB before its own 32 MB. With chunks at least
-/// as large as what they re-read, the re-reading costs at most as much decoding again as the
-/// chunks themselves.
+/// as large as what they re-read (beyond two chunks' worth), the re-reading costs at most
+/// twice as much decoding again as the chunks themselves.
 pub fn next_chunk_size(size: u64, max_chunk: u64, rereads: u64) -> u64 {
     let max_chunk = max_chunk.max(1);
-    let doubled = size.saturating_mul(2).min(max_chunk);
-    doubled
-        .max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
-        .max(1)
+    let doubled = size.saturating_mul(2).min(max_chunk).max(1);
+    if rereads <= max_chunk.saturating_mul(2) {
+        return doubled;
+    }
+    doubled.max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
 }
 
 /// How much WAL the next `get` on `copy` decodes again before its own chunk: from the copy's
@@ -589,9 +593,12 @@ mod tests {
         // Doubling up to the maximum while little is re-read.
         assert_eq!(next_chunk_size(4 * mb, 32 * mb, 0), 8 * mb);
         assert_eq!(next_chunk_size(32 * mb, 32 * mb, 10 * mb), 32 * mb);
-        // At least what the next chunk re-reads...
+        // Up to two chunks of re-reading change nothing...
+        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 60 * mb), 32 * mb);
+        assert_eq!(next_chunk_size(4 * mb, 32 * mb, 64 * mb), 8 * mb);
+        // ... beyond that, a chunk is as large as what it re-reads...
         assert_eq!(next_chunk_size(8 * mb, 32 * mb, 188 * mb), 188 * mb);
-        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 60 * mb), 60 * mb);
+        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 65 * mb), 65 * mb);
         // ... up to 16 times the maximum.
         assert_eq!(next_chunk_size(32 * mb, 32 * mb, 4096 * mb), 512 * mb);
         // Never zero, whatever the settings.
