@@ -51,12 +51,12 @@
 //!
 //! Chunks start small (the applier starts after the first one is decoded) and double up to
 //! `cdc.catch_up_chunk_mb`, or grow to what the next `get` re-reads when that is more than two
-//! chunks (below, [`next_chunk_size`]). The prefetch holds a bounded number of bytes of decoded messages;
-//! when that is full the server waits to send the rest, which bounds pgtide's memory and keeps
-//! the source from decoding arbitrarily far ahead. The overlap is partial: the next `get`
-//! starts once the current chunk's rows are all in pgtide's buffer, and its rows come only
-//! after its whole chunk is decoded, so the applier waits whenever decoding a chunk takes
-//! longer than applying what the buffer holds. Smaller chunks shorten that wait but make each
+//! chunks (below, [`next_chunk_size`]). The prefetch holds a bounded number of bytes of
+//! decoded messages; when that is full the server waits to send the rest, which bounds
+//! pgtide's memory and keeps the source from decoding arbitrarily far ahead. The overlap is
+//! partial: the next `get` starts once the current chunk's rows are all in pgtide's buffer,
+//! and its rows come only after its whole chunk is decoded, so the applier waits whenever
+//! decoding a chunk takes longer than applying what the buffer holds. Smaller chunks shorten that wait but make each
 //! `get` re-read more: decoding restarts at the copy's `restart_lsn`, which only moves to
 //! `xl_running_xacts` records (every 15 s on an idle-free primary) and then to where the
 //! oldest transaction open at that record began, i.e. one interval back or more. Every `get`
@@ -507,12 +507,12 @@ async fn prefetch(
         position = upto;
         let rereads = restart_distance(session, copy).await?;
         size = next_chunk_size(size, plan.max_chunk, rereads);
-        if rereads > plan.max_chunk {
+        if size > plan.max_chunk {
             tracing::debug!(
                 slot = copy,
                 rereads,
                 next = size,
-                "the next chunk re-reads more WAL than a chunk holds: a larger chunk"
+                "the next chunk re-reads more WAL than two chunks hold: a larger chunk"
             );
         }
     }
