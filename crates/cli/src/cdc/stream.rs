@@ -428,6 +428,11 @@ impl<T> Drop for AbortOnDrop<T> {
 /// `peek`'s module documentation for what it overlaps.
 const PREFETCH_BUDGET: usize = 64 << 20;
 
+/// Decoded messages in the read-ahead's first chunk, at most (later chunks may hold twice as
+/// many as the one before). See `peek`'s module documentation for why chunks are bounded by
+/// messages as well as by WAL.
+const FIRST_CHUNK_CHANGES: u64 = 8192;
+
 /// WAL bytes the slot may trail what the catch-up made durable before it is moved in the
 /// background. A move (`pg_replication_slot_advance`) decodes from the slot's `restart_lsn`,
 /// which itself trails by a running-xacts interval (logged every 15 s, when the backlog was
@@ -560,7 +565,7 @@ impl CatchUpRun<'_> {
                     let plan = peek::PrefetchPlan {
                         end: self.setup.end_lsn,
                         min_backlog: self.settings.from,
-                        first_chunk,
+                        first_changes: FIRST_CHUNK_CHANGES,
                         max_chunk: self.settings.chunk,
                         budget: PREFETCH_BUDGET,
                     };

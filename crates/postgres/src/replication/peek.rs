@@ -49,9 +49,14 @@
 //! whose commit record starts before it. So chunk `k` holds exactly the transactions whose
 //! commit record starts in `[upto(k-1), upto(k))`, as with peeked chunks.
 //!
-//! Chunks start small (the applier starts after the first one is decoded) and double up to
-//! `cdc.catch_up_chunk_mb`, or grow to what the next `get` re-reads when that is more than two
-//! chunks (below, [`next_chunk_size`]). The prefetch holds a bounded number of bytes of
+//! A chunk is bounded twice: by decoded messages (`upto_nchanges`: 8192 in the first chunk,
+//! twice as many in each next one, so that applying starts early) and by WAL (`upto_lsn`:
+//! `cdc.catch_up_chunk_mb`, or what the next `get` re-reads when that is more than two chunks,
+//! below, [`next_chunk_size`]), whichever comes first; [`chunk_end`] says where such a chunk
+//! ends. Bounding the first chunks by WAL alone fed the applier badly right after a checkpoint:
+//! the WAL there is mostly full-page images, so the first 4 + 8 + 16 + 32 + 32 MB of a pgbench
+//! backlog held only ~70k messages, and the target then sat idle for ~0.4 s while the source
+//! decoded the next, much larger chunk. The prefetch holds a bounded number of bytes of
 //! decoded messages; when that is full the server waits to send the rest, which bounds
 //! pgtide's memory and keeps the source from decoding arbitrarily far ahead. The overlap is
 //! partial: the next `get` starts once the current chunk's rows are all in pgtide's buffer,
@@ -245,9 +250,11 @@ pub struct PrefetchPlan {
     /// streaming for it took ~1 s: the slot's move and the walsender's start both decode from
     /// the slot's `restart_lsn`).
     pub min_backlog: u64,
-    /// The first chunk's size (small, so that applying starts early).
-    pub first_chunk: u64,
-    /// The largest chunk (chunks double up to it).
+    /// The first chunk's number of decoded messages, at most (small, so that applying starts
+    /// early); each later chunk may hold [`CHANGES_GROWTH`] times more than the one before.
+    pub first_changes: u64,
+    /// WAL bytes a chunk decodes, at most (more when what a `get` re-reads is larger, see
+    /// [`next_chunk_size`]).
     pub max_chunk: u64,
     /// Bytes of decoded messages queued in pgtide (received, not yet taken by the applier)
     /// at most. What the applier has taken stays until its batch is sent to the target.
@@ -452,10 +459,11 @@ async fn prefetch(
     seen: &AtomicU64,
     tx: &mpsc::UnboundedSender<Result<Item>>,
 ) -> Result<()> {
-    const GET: &str = "SELECT data FROM pg_catalog.pg_logical_slot_get_binary_changes($1::text::name, $2::text::pg_lsn, NULL, VARIADIC $3::text[])";
+    const GET: &str = "SELECT data FROM pg_catalog.pg_logical_slot_get_binary_changes($1::text::name, $2::text::pg_lsn, $3::int4, VARIADIC $4::text[])";
     let budget_total = plan.budget.max(1);
     let mut position = from;
-    let mut size = plan.first_chunk.max(1);
+    let mut size = plan.max_chunk.max(1);
+    let mut changes = plan.first_changes.max(1);
     let mut arena = BytesMut::new();
     loop {
         let head = server_position(session).await?;
@@ -466,10 +474,12 @@ async fn prefetch(
             return Ok(());
         }
         let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
-        tracing::debug!(slot = copy, from = %position, upto = %upto, "decoding a chunk ahead");
+        let most = i32::try_from(changes).unwrap_or(i32::MAX);
+        tracing::debug!(slot = copy, from = %position, upto = %upto, changes = most, "decoding a chunk ahead");
         let what = format!("decoding up to {upto} ahead on the source");
         let upto_text = upto.to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&copy, &upto_text, &options];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&copy, &upto_text, &most, &options];
         let rows = session
             .query_raw(GET, params)
             .await
@@ -501,11 +511,15 @@ async fn prefetch(
         if !send_batch(&mut batch, &mut batch_bytes, budget, budget_total, tx).await? {
             return Ok(());
         }
-        if tx.send(Ok(Item::ChunkEnd(upto))).is_err() {
+        // Where the `get` stopped: at the record that reached `upto`, or earlier, after the
+        // commit that brought its messages to `changes` (see `chunk_end`).
+        let (confirmed, rereads) = copy_position(session, copy).await?;
+        let end = chunk_end(position, upto, confirmed)?;
+        if tx.send(Ok(Item::ChunkEnd(end))).is_err() {
             return Ok(());
         }
-        position = upto;
-        let rereads = restart_distance(session, copy).await?;
+        position = end;
+        changes = changes.saturating_mul(CHANGES_GROWTH);
         size = next_chunk_size(size, plan.max_chunk, rereads);
         if size > plan.max_chunk {
             tracing::debug!(
@@ -544,19 +558,52 @@ pub fn next_chunk_size(size: u64, max_chunk: u64, rereads: u64) -> u64 {
     doubled.max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
 }
 
-/// How much WAL the next `get` on `copy` decodes again before its own chunk: from the copy's
-/// `restart_lsn` to its confirmed position.
-async fn restart_distance(session: &Client, copy: &str) -> Result<u64> {
+/// The copy's confirmed position (where its last `get` stopped reading), and how much WAL the
+/// next `get` decodes again before its own chunk: from the copy's `restart_lsn` to there.
+async fn copy_position(session: &Client, copy: &str) -> Result<(Lsn, u64)> {
+    let what = "reading the read-ahead slot's position on the source";
     let row = session
         .query_opt(
-            "SELECT pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::int8 \
+            "SELECT confirmed_flush_lsn::text, \
+                    pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::int8 \
              FROM pg_catalog.pg_replication_slots WHERE slot_name = $1::text::name",
             &[&copy],
         )
         .await
-        .map_err(|e| classify(e, "reading the read-ahead slot's position on the source"))?;
-    let distance: Option<i64> = row.and_then(|r| r.get(0));
-    Ok(distance.map_or(0, |d| d.max(0) as u64))
+        .map_err(|e| classify(e, what))?
+        .ok_or_else(|| Error::internal(format!("{what}: the slot {copy} is gone")))?;
+    let confirmed: Option<String> = row.get(0);
+    let confirmed: Lsn = confirmed
+        .ok_or_else(|| Error::internal(format!("{what}: {copy} has no confirmed position")))?
+        .parse()
+        .map_err(Error::internal)?;
+    let distance: Option<i64> = row.get(1);
+    Ok((confirmed, distance.map_or(0, |d| d.max(0) as u64)))
+}
+
+/// Each chunk may hold this many times more messages than the one before.
+pub const CHANGES_GROWTH: u64 = 2;
+
+/// The end of a chunk that was asked to stop at `upto`, from `position`, after which the
+/// copy's confirmed position is `confirmed`.
+///
+/// `pg_logical_slot_get_binary_changes` reads record after record and stops after the record
+/// that reaches `upto_lsn` or once it has returned `upto_nchanges` rows, and confirms the
+/// end of the last record it read. Without streaming, rows are only produced whole
+/// transactions at a time (at their commit record, and non-transactional messages at their
+/// own), so the chunk holds exactly the transactions whose commit record starts before that
+/// end, and the next `get` goes on from there. When the `get` stopped at `upto`, its last
+/// record may end past `upto`; the chunk's end is then `upto` itself, as when chunks were
+/// bounded by WAL only (every transaction committing before it is in this chunk or an
+/// earlier one; an end LSN the caller stops at stays exact).
+pub fn chunk_end(position: Lsn, upto: Lsn, confirmed: Lsn) -> Result<Lsn> {
+    let end = confirmed.min(upto);
+    if end <= position {
+        return Err(Error::internal(format!(
+            "decoding from {position} up to {upto} ahead stopped at {confirmed}: the read-ahead slot did not move"
+        )));
+    }
+    Ok(end)
 }
 
 /// Hand `batch` over once the budget has room for it (a batch larger than the whole budget
@@ -603,6 +650,19 @@ mod tests {
         assert_eq!(next_chunk_size(32 * mb, 32 * mb, 4096 * mb), 512 * mb);
         // Never zero, whatever the settings.
         assert_eq!(next_chunk_size(0, 0, 0), 1);
+    }
+
+    #[test]
+    fn a_chunk_ends_where_its_get_stopped_but_never_past_what_was_asked() {
+        let (position, upto) = (Lsn(1000), Lsn(5000));
+        // Stopped early, after the commit that brought the messages to the limit.
+        assert_eq!(chunk_end(position, upto, Lsn(2345)).unwrap(), Lsn(2345));
+        // Stopped at `upto`: its last record may end past it; the chunk ends at `upto`.
+        assert_eq!(chunk_end(position, upto, Lsn(5000)).unwrap(), upto);
+        assert_eq!(chunk_end(position, upto, Lsn(5120)).unwrap(), upto);
+        // A copy that did not move is an error, never an empty chunk decoded forever.
+        assert!(chunk_end(position, upto, position).is_err());
+        assert!(chunk_end(position, upto, Lsn(10)).is_err());
     }
 
     #[test]
