@@ -227,12 +227,15 @@ stop_servers() { # mode
 
 # Both servers are saved once the backlog is written (a clean shutdown, so the copy is
 # consistent); each later pair of drains starts from that copy, on freshly started servers like
-# the first. The first pair runs pgtide first, the next native first, and so on.
+# the first. The first pair runs pgtide first, the next native first, and so on. Each copy
+# (~1.3 GB) is written to disk (`sync`) before the servers start: the kernel otherwise wrote
+# it back about 30 s later, in the middle of whichever drain was running then.
 DRAIN_RUNS=${DRAIN_RUNS:-5}
 if [ "$DRAIN_RUNS" -gt 1 ]; then
     stop_servers fast
     mkdir -p "$WORK/saved"
     cp -a "$WORK/src" "$WORK/dst" "$WORK/saved/"
+    sync
     start_server src "$SPORT"; start_server dst "$DPORT"
 fi
 T_PGCOPYDB="-"
@@ -242,6 +245,7 @@ for run in $(seq "$DRAIN_RUNS"); do
         stop_servers immediate
         rm -rf "$WORK/src" "$WORK/dst"
         cp -a "$WORK/saved/src" "$WORK/saved/dst" "$WORK/"
+        sync
         start_server src "$SPORT"; start_server dst "$DPORT"
     fi
     echo "  drain pair $run of $DRAIN_RUNS"
