@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// huge pages, and on a kernel that grants them on request (`madvise`, Debian's default) every
 /// fresh region then costs a 2 MB page to be zeroed at its first touch. In a backlog drain that
 /// zeroing was 17–22% of pgtide's CPU time in profiles; without it pgtide used ~6% less CPU
-/// (median of six interleaved drains) and its peak RSS fell from 128 to 94 MB.
+/// (median of six interleaved drains) and its peak RSS fell from 128 to 94 MB. On a kernel
+/// set to `always` this changes nothing (the kernel then gives huge pages unasked).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pgtide::cdc::{self, CdcOptions, CdcStatus};

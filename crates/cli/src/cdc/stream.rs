@@ -428,9 +428,9 @@ impl<T> Drop for AbortOnDrop<T> {
 /// `peek`'s module documentation for what it overlaps.
 const PREFETCH_BUDGET: usize = 64 << 20;
 
-/// Decoded messages in the read-ahead's first chunk, at most (later chunks may hold twice as
-/// many as the one before). See `peek`'s module documentation for why chunks are bounded by
-/// messages as well as by WAL.
+/// The read-ahead's first chunk ends after the first transaction that brings its decoded
+/// messages to this many (each later chunk may hold twice as many as the one before). See
+/// `peek`'s module documentation for why chunks are bounded by messages as well as by WAL.
 const FIRST_CHUNK_CHANGES: u64 = 8192;
 
 /// WAL bytes the slot may trail what the catch-up made durable before it is moved in the
@@ -521,7 +521,9 @@ impl CatchUpRun<'_> {
         // (`applier.confirmable()`), which trails it by the open batch and the last batches.
         let mut position = start.max(applier.confirmable());
         let mut announced = false;
-        // Chunks start small so that applying starts early, and double up to the setting.
+        // Chunks decoded on the slot itself (no read-ahead) start small so that applying
+        // starts early, and double up to the setting; the read-ahead bounds its chunks by
+        // decoded messages as well (`peek::PrefetchPlan`).
         let first_chunk = (self.settings.chunk / 8).max(64 << 10);
         let mut size = first_chunk;
         let mut prefetch: Option<peek::Prefetch> = None;

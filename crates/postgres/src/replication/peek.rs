@@ -44,19 +44,26 @@
 //! the target because nothing ever resumes from it: it disappears with its session (also when
 //! pgtide dies), and the task's own slot still moves only to durable positions.
 //!
-//! Where a `get` stops is the same as for `peek`: after the WAL record that reaches `upto`,
-//! leaving the copy confirmed at that record's end; the next `get` skips every transaction
-//! whose commit record starts before it. So chunk `k` holds exactly the transactions whose
-//! commit record starts in `[upto(k-1), upto(k))`, as with peeked chunks.
+//! A `get` stops after the WAL record that reaches `upto_lsn`, or after the record whose output
+//! brings its rows to `upto_nchanges`, leaving the copy confirmed at that record's end; the
+//! next `get` skips every transaction whose commit record starts before it. So chunk `k` holds
+//! exactly the transactions whose commit record starts in `[end(k-1), end(k))` ([`chunk_end`]).
 //!
-//! A chunk is bounded twice: by decoded messages (`upto_nchanges`: 8192 in the first chunk,
-//! twice as many in each next one, so that applying starts early) and by WAL (`upto_lsn`:
-//! `cdc.catch_up_chunk_mb`, or what the next `get` re-reads when that is more than two chunks,
-//! below, [`next_chunk_size`]), whichever comes first; [`chunk_end`] says where such a chunk
-//! ends. Bounding the first chunks by WAL alone fed the applier badly right after a checkpoint:
+//! A chunk is bounded twice, whichever comes first: by WAL (`upto_lsn`: `cdc.catch_up_chunk_mb`,
+//! or what the next `get` re-reads when that is more than two chunks, below, [`chunk_size`])
+//! and by decoded messages (`upto_nchanges`: 8192 in the first chunk, twice as many in each
+//! next one, so that after a dozen chunks the WAL bound is the only one left). Bounding the
+//! first chunks by WAL alone fed the applier badly right after a checkpoint:
 //! the WAL there is mostly full-page images, so the first 4 + 8 + 16 + 32 + 32 MB of a pgbench
 //! backlog held only ~70k messages, and the target then sat idle for ~0.4 s while the source
-//! decoded the next, much larger chunk. The prefetch holds a bounded number of bytes of
+//! decoded the next, much larger chunk. The price is paid where `get`s re-read much: each of
+//! the first, small chunks re-reads the stretch behind `restart_lsn` too. Measured on a saved
+//! pgbench backlog (interleaved drains, one sitting): in the benchmark's regime the drain took
+//! 5–8% less time with the message bound (medians of six, 2.29 vs 2.42 s and 2.51 vs 2.61 s);
+//! with 8 MB chunks, standing in for a source writing four times more WAL per interval, the
+//! source spent ~0.2 CPU-s more (medians 1.54 vs 1.34) in the same drain time (2.85 vs 2.87 s);
+//! lifting the message bound once a chunk grows for re-reading made the benchmark's drain 30%
+//! slower (3.47 vs 2.67 s). The prefetch holds a bounded number of bytes of
 //! decoded messages; when that is full the server waits to send the rest, which bounds
 //! pgtide's memory and keeps the source from decoding arbitrarily far ahead. The overlap is
 //! partial: the next `get` starts once the current chunk's rows are all in pgtide's buffer,
@@ -250,11 +257,12 @@ pub struct PrefetchPlan {
     /// streaming for it took ~1 s: the slot's move and the walsender's start both decode from
     /// the slot's `restart_lsn`).
     pub min_backlog: u64,
-    /// The first chunk's number of decoded messages, at most (small, so that applying starts
-    /// early); each later chunk may hold [`CHANGES_GROWTH`] times more than the one before.
+    /// The first chunk ends after the first transaction that brings its decoded messages to
+    /// this many (small, so that applying starts early); each later chunk may hold
+    /// [`CHANGES_GROWTH`] times more than the one before.
     pub first_changes: u64,
     /// WAL bytes a chunk decodes, at most (more when what a `get` re-reads is larger, see
-    /// [`next_chunk_size`]).
+    /// [`chunk_size`]).
     pub max_chunk: u64,
     /// Bytes of decoded messages queued in pgtide (received, not yet taken by the applier)
     /// at most. What the applier has taken stays until its batch is sent to the target.
@@ -512,7 +520,7 @@ async fn prefetch(
             return Ok(());
         }
         // Where the `get` stopped: at the record that reached `upto`, or earlier, after the
-        // commit that brought its messages to `changes` (see `chunk_end`).
+        // record whose output brought its messages to `most` (see `chunk_end`).
         let (confirmed, rereads) = copy_position(session, copy).await?;
         let end = chunk_end(position, upto, confirmed)?;
         if tx.send(Ok(Item::ChunkEnd(end))).is_err() {
@@ -520,7 +528,7 @@ async fn prefetch(
         }
         position = end;
         changes = changes.saturating_mul(CHANGES_GROWTH);
-        size = next_chunk_size(size, plan.max_chunk, rereads);
+        size = chunk_size(plan.max_chunk, rereads);
         if size > plan.max_chunk {
             tracing::debug!(
                 slot = copy,
@@ -535,12 +543,12 @@ async fn prefetch(
 /// Chunks grow up to this many times `max_chunk` to keep up with what each `get` re-reads.
 const REREAD_GROWTH: u64 = 16;
 
-/// The size of the chunk after one of `size`: double, up to `max_chunk`; and when the next `get`
-/// re-reads more than two such chunks before its own (`rereads`, from the copy's `restart_lsn`
-/// to its confirmed position), as much as it re-reads, up to [`REREAD_GROWTH`] times
-/// `max_chunk`. Up to two chunks of re-reading are left alone: on the benchmark's pgbench
-/// backlog (a `restart_lsn` one or two intervals back) larger chunks saved source CPU but not
-/// drain time, and the applier waits longer for a larger chunk's first rows.
+/// The WAL size of the next chunk: `max_chunk`; and when the next `get` re-reads more than two
+/// such chunks before its own (`rereads`, from the copy's `restart_lsn` to its confirmed
+/// position), as much as it re-reads, up to [`REREAD_GROWTH`] times `max_chunk`. Up to two
+/// chunks of re-reading are left alone: on the benchmark's pgbench backlog (a `restart_lsn` one
+/// or two intervals back) larger chunks saved source CPU but not drain time, and the applier
+/// waits longer for a larger chunk's first rows.
 ///
 /// `restart_lsn` moves only to `xl_running_xacts` records (every 15 s while the server is
 /// busy, and at checkpoints), to where the oldest transaction open at such a record began. On
@@ -549,13 +557,12 @@ const REREAD_GROWTH: u64 = 16;
 /// 32 MB chunks, the last of which re-read 188 MB before its own 32 MB. With chunks at least
 /// as large as what they re-read (beyond two chunks' worth), the re-reading costs at most
 /// twice as much decoding again as the chunks themselves.
-pub fn next_chunk_size(size: u64, max_chunk: u64, rereads: u64) -> u64 {
+pub fn chunk_size(max_chunk: u64, rereads: u64) -> u64 {
     let max_chunk = max_chunk.max(1);
-    let doubled = size.saturating_mul(2).min(max_chunk).max(1);
     if rereads <= max_chunk.saturating_mul(2) {
-        return doubled;
+        return max_chunk;
     }
-    doubled.max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
+    max_chunk.max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
 }
 
 /// The copy's confirmed position (where its last `get` stopped reading), and how much WAL the
@@ -576,27 +583,28 @@ async fn copy_position(session: &Client, copy: &str) -> Result<(Lsn, u64)> {
     let confirmed: Lsn = confirmed
         .ok_or_else(|| Error::internal(format!("{what}: {copy} has no confirmed position")))?
         .parse()
-        .map_err(Error::internal)?;
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?;
     let distance: Option<i64> = row.get(1);
     Ok((confirmed, distance.map_or(0, |d| d.max(0) as u64)))
 }
 
 /// Each chunk may hold this many times more messages than the one before.
-pub const CHANGES_GROWTH: u64 = 2;
+const CHANGES_GROWTH: u64 = 2;
 
 /// The end of a chunk that was asked to stop at `upto`, from `position`, after which the
 /// copy's confirmed position is `confirmed`.
 ///
 /// `pg_logical_slot_get_binary_changes` reads record after record and stops after the record
 /// that reaches `upto_lsn` or once it has returned `upto_nchanges` rows, and confirms the
-/// end of the last record it read. Without streaming, rows are only produced whole
-/// transactions at a time (at their commit record, and non-transactional messages at their
-/// own), so the chunk holds exactly the transactions whose commit record starts before that
-/// end, and the next `get` goes on from there. When the `get` stopped at `upto`, its last
+/// end of the last record it read. Without streaming (never asked for here), rows are only
+/// produced whole transactions at a time, at their commit record (non-transactional messages
+/// at their own record, empty transactions too on servers before 15), so the chunk holds
+/// exactly the transactions whose commit record starts in `[position, end)`, and the next
+/// `get` goes on from there. When the `get` stopped at `upto`, its last
 /// record may end past `upto`; the chunk's end is then `upto` itself, as when chunks were
 /// bounded by WAL only (every transaction committing before it is in this chunk or an
 /// earlier one; an end LSN the caller stops at stays exact).
-pub fn chunk_end(position: Lsn, upto: Lsn, confirmed: Lsn) -> Result<Lsn> {
+fn chunk_end(position: Lsn, upto: Lsn, confirmed: Lsn) -> Result<Lsn> {
     let end = confirmed.min(upto);
     if end <= position {
         return Err(Error::internal(format!(
@@ -635,21 +643,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_double_to_the_maximum_and_grow_with_what_they_reread() {
+    fn chunks_grow_with_what_they_reread() {
         let mb = 1 << 20;
-        // Doubling up to the maximum while little is re-read.
-        assert_eq!(next_chunk_size(4 * mb, 32 * mb, 0), 8 * mb);
-        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 10 * mb), 32 * mb);
         // Up to two chunks of re-reading change nothing...
-        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 60 * mb), 32 * mb);
-        assert_eq!(next_chunk_size(4 * mb, 32 * mb, 64 * mb), 8 * mb);
+        assert_eq!(chunk_size(32 * mb, 0), 32 * mb);
+        assert_eq!(chunk_size(32 * mb, 60 * mb), 32 * mb);
+        assert_eq!(chunk_size(32 * mb, 64 * mb), 32 * mb);
         // ... beyond that, a chunk is as large as what it re-reads...
-        assert_eq!(next_chunk_size(8 * mb, 32 * mb, 188 * mb), 188 * mb);
-        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 65 * mb), 65 * mb);
+        assert_eq!(chunk_size(8 * mb, 100 * mb), 100 * mb);
+        assert_eq!(chunk_size(32 * mb, 65 * mb), 65 * mb);
         // ... up to 16 times the maximum.
-        assert_eq!(next_chunk_size(32 * mb, 32 * mb, 4096 * mb), 512 * mb);
+        assert_eq!(chunk_size(32 * mb, 4096 * mb), 512 * mb);
+        assert_eq!(chunk_size(8 * mb, 188 * mb), 128 * mb);
         // Never zero, whatever the settings.
-        assert_eq!(next_chunk_size(0, 0, 0), 1);
+        assert_eq!(chunk_size(0, 0), 1);
     }
 
     #[test]
