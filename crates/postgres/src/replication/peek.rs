@@ -470,7 +470,8 @@ async fn prefetch(
     const GET: &str = "SELECT data FROM pg_catalog.pg_logical_slot_get_binary_changes($1::text::name, $2::text::pg_lsn, $3::int4, VARIADIC $4::text[])";
     let budget_total = plan.budget.max(1);
     let mut position = from;
-    let mut size = plan.max_chunk.max(1);
+    // What the next `get` decodes again before its own chunk (none known before the first).
+    let mut rereads = 0;
     let mut changes = plan.first_changes.max(1);
     let mut arena = BytesMut::new();
     loop {
@@ -480,6 +481,15 @@ async fn prefetch(
         if !rest_is_a_chunk(plan.end, head, position, plan.min_backlog) {
             let _ = tx.send(Ok(Item::Done));
             return Ok(());
+        }
+        let size = chunk_size(plan.max_chunk, rereads);
+        if size > plan.max_chunk {
+            tracing::debug!(
+                slot = copy,
+                rereads,
+                size,
+                "this chunk re-reads more WAL than two chunks hold: a larger chunk"
+            );
         }
         let upto = Lsn(limit.0.min(position.0.saturating_add(size)));
         let most = i32::try_from(changes).unwrap_or(i32::MAX);
@@ -521,22 +531,14 @@ async fn prefetch(
         }
         // Where the `get` stopped: at the record that reached `upto`, or earlier, after the
         // record whose output brought its messages to `most` (see `chunk_end`).
-        let (confirmed, rereads) = copy_position(session, copy).await?;
+        let confirmed;
+        (confirmed, rereads) = copy_position(session, copy).await?;
         let end = chunk_end(position, upto, confirmed)?;
         if tx.send(Ok(Item::ChunkEnd(end))).is_err() {
             return Ok(());
         }
         position = end;
         changes = changes.saturating_mul(CHANGES_GROWTH);
-        size = chunk_size(plan.max_chunk, rereads);
-        if size > plan.max_chunk {
-            tracing::debug!(
-                slot = copy,
-                rereads,
-                next = size,
-                "the next chunk re-reads more WAL than two chunks hold: a larger chunk"
-            );
-        }
     }
 }
 
@@ -557,12 +559,12 @@ const REREAD_GROWTH: u64 = 16;
 /// 32 MB chunks, the last of which re-read 188 MB before its own 32 MB. With chunks at least
 /// as large as what they re-read (beyond two chunks' worth), the re-reading costs at most
 /// twice as much decoding again as the chunks themselves.
-pub fn chunk_size(max_chunk: u64, rereads: u64) -> u64 {
+fn chunk_size(max_chunk: u64, rereads: u64) -> u64 {
     let max_chunk = max_chunk.max(1);
     if rereads <= max_chunk.saturating_mul(2) {
         return max_chunk;
     }
-    max_chunk.max(rereads.min(max_chunk.saturating_mul(REREAD_GROWTH)))
+    rereads.min(max_chunk.saturating_mul(REREAD_GROWTH))
 }
 
 /// The copy's confirmed position (where its last `get` stopped reading), and how much WAL the
